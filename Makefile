@@ -1,0 +1,67 @@
+# varjax — every target installs what it needs into .venv first.
+# Python is pinned to 3.12 (jax >= 0.11 needs it); requirements.lock pins every wheel.
+SHELL := /bin/bash
+PYTHON_VERSION := 3.12
+PYTHON ?= $(shell for p in python$(PYTHON_VERSION) $$HOME/.pyenv/versions/$(PYTHON_VERSION)*/bin/python$(PYTHON_VERSION) /usr/local/bin/python$(PYTHON_VERSION) /usr/bin/python$(PYTHON_VERSION); do \
+	$$p -c 'import sys; sys.exit(sys.version_info[:2] != ($(subst .,$(comma),$(PYTHON_VERSION))))' >/dev/null 2>&1 && { echo $$p; break; }; done)
+comma := ,
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export JAX_PLATFORMS ?= cpu
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+# Where built datasets are cached (TFDS data_dir); override with DATA_DIR=...
+DATA_DIR ?= $(CURDIR)/data_cache
+export VARJAX_DATA_DIR := $(DATA_DIR)
+PYTEST_ARGS ?=
+
+.PHONY: install test test-slow demo bench sweep analyze notebooks lock clean help
+
+help:
+	@echo "make demo       main job on the embedded default dataset"
+	@echo "make test       fast test suite (slow tests: make test-slow)"
+	@echo "make install    create $(VENV) and install varjax + analysis (idempotent)"
+	@echo "make bench | sweep SWEEP=... BACKEND=... | analyze RUNS=... | notebooks"
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml requirements.lock
+	@test -n "$(PYTHON)" || { echo "error: Python $(PYTHON_VERSION) not found; install it or pass PYTHON=/path/to/python$(PYTHON_VERSION)" >&2; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	@touch $@
+
+# Re-pin every transitive version from the current venv (run after changing setup.cfg).
+lock: install
+	$(PY) -m pip freeze --exclude-editable | grep -v '^-e ' > requirements.lock
+
+test: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+# Main job on the embedded default. Stages that later issues add are listed, not faked.
+demo: install
+	@start=$$(date +%s); \
+	$(VENV)/bin/varjax data build --dataset embedded32 && \
+	$(VENV)/bin/varjax data info --dataset embedded32 && \
+	$(VENV)/bin/varjax data preview --dataset embedded32 --out reports/demo/dataset.png && \
+	echo "demo: not built yet: tokenizer + VAR models (issue 3), sharded training (issue 4)," && \
+	echo "      sweep + run registry (issue 6), scaling-law analysis and plots (issue 7)." && \
+	echo "demo: done in $$(( $$(date +%s) - start )) s"
+
+bench: install
+	@echo "make bench: no benchmark is implemented yet (attention: issue 5, training: issue 4, lanes: issue 6, fits: issue 7)." >&2; exit 2
+
+sweep: install
+	@echo "make sweep: sweeps are not implemented yet (issue 6)." >&2; exit 2
+
+analyze: install
+	@echo "make analyze: the analysis package is not implemented yet (issue 7)." >&2; exit 2
+
+notebooks: install
+	@echo "make notebooks: no notebook exists yet (issue 7)." >&2; exit 2
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache
