@@ -1,0 +1,384 @@
+"""Typed, frozen run configs with dotted command-line overrides.
+
+One vocabulary for every command: a `Config` has the sections `model`, `data`, `optim`,
+`mesh` and `run`. A config is built from defaults, then a YAML/JSON file, then dotted
+overrides (`--model.depth=4 --data.dataset=embedded64`), and is saved with every run
+(`config.json`). Every mistake -- unknown key, wrong type, impossible value -- raises
+`ConfigError` whose message names the dotted key; the CLI prints it as one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+
+from varjax.errors import ConfigError
+
+# VAR's 256 px schedule: ten scales, L = 680 tokens, 16 x 16 latent.
+VAR_256_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+  if not ok:
+    raise ConfigError(key, message)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """VAR transformer `var-d{depth}`: width 64 d and d heads unless set explicitly."""
+  depth: int = 16
+  width: int | None = None  # None: 64 * depth
+  heads: int | None = None  # None: depth (head dim 64)
+  mlp_ratio: float = 4.0
+  vocab_size: int = 4096
+  latent_channels: int = 32
+  num_classes: int = 1000
+  patch_nums: tuple[int, ...] = VAR_256_PATCH_NUMS
+  drop_path_rate: float | None = None  # None: 0.1 * depth / 24
+  cond_drop_prob: float = 0.1  # label -> null class, for classifier-free guidance
+  shared_aln: bool = False
+  attn_impl: Literal["auto", "xla", "splash", "pallas", "cudnn"] = "auto"
+  dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; params stay fp32
+
+  def __post_init__(self):
+    _check(self.depth >= 1, "model.depth", f"must be >= 1, got {self.depth}")
+    _check(self.width is None or self.width >= 1, "model.width", "must be >= 1")
+    _check(self.heads is None or self.heads >= 1, "model.heads", "must be >= 1")
+    _check(self.resolved_width % self.resolved_heads == 0, "model.heads",
+           f"width {self.resolved_width} is not divisible by {self.resolved_heads} heads")
+    _check(self.mlp_ratio > 0, "model.mlp_ratio", "must be > 0")
+    for key in ("vocab_size", "latent_channels", "num_classes"):
+      _check(getattr(self, key) >= 1, f"model.{key}", "must be >= 1")
+    _check(len(self.patch_nums) >= 1 and all(p >= 1 for p in self.patch_nums),
+           "model.patch_nums", "must be a non-empty list of positive grid sizes")
+    _check(list(self.patch_nums) == sorted(set(self.patch_nums)), "model.patch_nums",
+           f"grid sizes must increase strictly, got {list(self.patch_nums)}")
+    _check(self.drop_path_rate is None or 0 <= self.drop_path_rate < 1,
+           "model.drop_path_rate", "must be in [0, 1)")
+    _check(0 <= self.cond_drop_prob <= 1, "model.cond_drop_prob", "must be in [0, 1]")
+
+  @property
+  def name(self) -> str:
+    return f"var-d{self.depth}"
+
+  @property
+  def resolved_width(self) -> int:
+    return self.width if self.width is not None else 64 * self.depth
+
+  @property
+  def resolved_heads(self) -> int:
+    return self.heads if self.heads is not None else self.depth
+
+  @property
+  def resolved_drop_path_rate(self) -> float:
+    return self.drop_path_rate if self.drop_path_rate is not None else 0.1 * self.depth / 24
+
+  @property
+  def num_tokens(self) -> int:
+    return sum(p * p for p in self.patch_nums)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """An image dataset read through TFDS (see varjax.data)."""
+  dataset: str = "embedded32"  # alias or any TFDS name: imagenet2012, celeb_a, ...
+  train_split: str = "train"
+  eval_split: str = "validation"
+  resolution: int = 32
+  global_batch_size: int = 64
+  crop: Literal["random", "center"] = "random"
+  data_dir: str | None = None  # None: $VARJAX_DATA_DIR or ~/.cache/varjax/datasets
+  manual_dir: str | None = None  # for datasets built from downloaded files (imagenet2012)
+  image_key: str = "image"
+  label_key: str = "label"  # "" for unlabelled datasets (all labels 0)
+
+  def __post_init__(self):
+    _check(bool(self.dataset), "data.dataset", "must not be empty")
+    _check(self.resolution >= 8, "data.resolution", f"must be >= 8, got {self.resolution}")
+    _check(self.global_batch_size >= 1, "data.global_batch_size",
+           f"must be >= 1, got {self.global_batch_size}")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  """AdamW with VAR's recipe: peak lr = base_lr x batch / 256 unless peak_lr is set."""
+  base_lr: float = 1e-4
+  peak_lr: float | None = None
+  b1: float = 0.9
+  b2: float = 0.95
+  weight_decay: float = 0.05
+  grad_clip: float = 2.0
+  warmup_steps: int = 0
+  schedule: Literal["linear", "cosine", "wsd", "constant"] = "linear"
+  decay_fraction: float = 0.2  # wsd: last fraction of the steps decays
+  min_lr_ratio: float = 0.0
+
+  def __post_init__(self):
+    _check(self.base_lr > 0, "optim.base_lr", "must be > 0")
+    _check(self.peak_lr is None or self.peak_lr > 0, "optim.peak_lr", "must be > 0")
+    _check(0 <= self.b1 < 1, "optim.b1", "must be in [0, 1)")
+    _check(0 <= self.b2 < 1, "optim.b2", "must be in [0, 1)")
+    _check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+    _check(self.grad_clip > 0, "optim.grad_clip", "must be > 0")
+    _check(self.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+    _check(0 < self.decay_fraction <= 1, "optim.decay_fraction", "must be in (0, 1]")
+    _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
+
+  def resolved_peak_lr(self, global_batch_size: int) -> float:
+    return self.peak_lr if self.peak_lr is not None else self.base_lr * global_batch_size / 256
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """Device mesh (data, fsdp, tensor): ICI sizes within a slice, DCN sizes across slices.
+
+  One ICI axis may be -1 and is filled in with the remaining devices.
+  """
+  data: int = -1
+  fsdp: int = 1
+  tensor: int = 1
+  dcn_data: int = 1
+  dcn_fsdp: int = 1
+  dcn_tensor: int = 1
+
+  def __post_init__(self):
+    ici = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+    _check(sum(v == -1 for v in ici.values()) <= 1, "mesh",
+           "at most one of data, fsdp, tensor may be -1")
+    for key, value in ici.items():
+      _check(value == -1 or value >= 1, f"mesh.{key}", f"must be >= 1 or -1, got {value}")
+    for key in ("dcn_data", "dcn_fsdp", "dcn_tensor"):
+      _check(getattr(self, key) >= 1, f"mesh.{key}", "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """Where a run writes and how long it trains."""
+  name: str = "run"
+  out_dir: str = "runs"
+  seed: int = 0
+  steps: int = 1000
+  log_every: int = 10
+  eval_every: int = 500
+  checkpoint_every: int = 500
+  keep_checkpoints: int = 2
+
+  def __post_init__(self):
+    _check(bool(self.name) and "/" not in self.name, "run.name",
+           "must be a non-empty name without '/'")
+    _check(self.steps >= 0, "run.steps", f"must be >= 0, got {self.steps}")
+    for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+      _check(getattr(self, key) >= 1, f"run.{key}", "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  model: ModelConfig = ModelConfig()
+  data: DataConfig = DataConfig()
+  optim: OptimConfig = OptimConfig()
+  mesh: MeshConfig = MeshConfig()
+  run: RunConfig = RunConfig()
+
+  def to_dict(self) -> dict[str, Any]:
+    return to_dict(self)
+
+  def save(self, path: str) -> None:
+    save_config(self, path)
+
+
+# ------------------------------------------------------------------ conversion
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+  """Plain JSON/YAML-able dict (tuples become lists)."""
+  def plain(value):
+    if dataclasses.is_dataclass(value):
+      return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+      return [plain(v) for v in value]
+    return value
+  return plain(cfg)
+
+
+def _type_name(tp: Any) -> str:
+  if typing.get_origin(tp) is Literal:
+    return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+  if typing.get_origin(tp) in (typing.Union, types.UnionType):
+    return " or ".join(_type_name(a) for a in typing.get_args(tp))
+  if typing.get_origin(tp) is tuple:
+    return f"a list of {_type_name(typing.get_args(tp)[0])}"
+  return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+  """Checks `value` against the annotation `tp`; converts only where lossless."""
+  origin = typing.get_origin(tp)
+  if origin in (typing.Union, types.UnionType):
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+      return None
+    errors = []
+    for arg in args:
+      if arg is type(None):
+        continue
+      try:
+        return _coerce(value, arg, key)
+      except ConfigError as e:
+        errors.append(e)
+    raise ConfigError(key, f"expected {_type_name(tp)}, got {value!r}")
+  if origin is Literal:
+    if value in typing.get_args(tp):
+      return value
+    raise ConfigError(key, f"expected {_type_name(tp)}, got {value!r}")
+  if origin is tuple:
+    (item_tp, _) = typing.get_args(tp)
+    if isinstance(value, str):  # "1,2,3" from the command line
+      value = [v for v in value.replace(" ", "").strip("[]()").split(",") if v]
+      value = [yaml.safe_load(v) for v in value]
+    if not isinstance(value, (list, tuple)):
+      raise ConfigError(key, f"expected {_type_name(tp)}, got {value!r}")
+    return tuple(_coerce(v, item_tp, key) for v in value)
+  if tp is bool:
+    if isinstance(value, bool):
+      return value
+  elif tp is int:
+    if isinstance(value, int) and not isinstance(value, bool):
+      return value
+    if isinstance(value, float) and value.is_integer():
+      return int(value)  # 1e6 in YAML
+  elif tp is float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+      return float(value)
+    if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+      try:
+        return float(value)
+      except ValueError:
+        pass
+  elif tp is str:
+    if isinstance(value, str):
+      return value
+  elif dataclasses.is_dataclass(tp):
+    if isinstance(value, Mapping):
+      return _build(tp, value, key)
+  raise ConfigError(key, f"expected {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
+  hints = typing.get_type_hints(cls)
+  names = {f.name for f in dataclasses.fields(cls)}
+  kwargs = {}
+  for key, value in values.items():
+    dotted = f"{prefix}.{key}" if prefix else str(key)
+    if key not in names:
+      raise ConfigError(dotted, f"unknown key; valid keys are {', '.join(sorted(names))}")
+    kwargs[key] = _coerce(value, hints[key], dotted)
+  return cls(**kwargs)
+
+
+def from_dict(values: Mapping[str, Any]) -> Config:
+  """A Config from a (possibly partial) nested dict; missing keys keep their defaults."""
+  if not isinstance(values, Mapping):
+    raise ConfigError("config", f"expected a mapping of sections, got {type(values).__name__}")
+  return _build(Config, values)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+  parts = dotted.split(".")
+  node = tree
+  for i, part in enumerate(parts[:-1]):
+    child = node.setdefault(part, {})
+    if not isinstance(child, dict):
+      raise ConfigError(".".join(parts[:i + 1]), "is a value, not a section")
+    node = child
+  node[parts[-1]] = value
+
+
+def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
+  """`--model.depth=4 --data.dataset embedded64` -> nested dict of YAML-parsed values."""
+  tree: dict[str, Any] = {}
+  args = list(args)
+  i = 0
+  while i < len(args):
+    arg = args[i]
+    if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
+      raise ConfigError(arg, "expected an override of the form --section.key=value")
+    if "=" in arg:
+      key, raw = arg[2:].split("=", 1)
+    elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+      key, raw = arg[2:], args[i + 1]
+      i += 1
+    else:
+      raise ConfigError(arg[2:], "has no value (use --section.key=value)")
+    try:
+      value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+      value = raw
+    _set_dotted(tree, key, value)
+    i += 1
+  return tree
+
+
+def _merge(base: dict, update: Mapping) -> dict:
+  out = dict(base)
+  for key, value in update.items():
+    if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+      out[key] = _merge(out[key], value)
+    else:
+      out[key] = value
+  return out
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+  if not os.path.isfile(path):
+    raise ConfigError("config", f"file not found: {path}")
+  with open(path) as f:
+    text = f.read()
+  try:
+    values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+  except (json.JSONDecodeError, yaml.YAMLError) as e:
+    raise ConfigError("config", f"{path} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: "
+                      f"{str(e).splitlines()[0]}") from None
+  return values or {}
+
+
+def load_config(path: str | None = None, overrides: Sequence[str] | Mapping = (),
+                base: Mapping[str, Any] | None = None) -> Config:
+  """defaults <- `base` <- file at `path` <- `overrides` (dotted CLI args or nested dict)."""
+  values: dict[str, Any] = dict(base or {})
+  if path:
+    values = _merge(values, read_config_file(path))
+  if not isinstance(overrides, Mapping):
+    overrides = parse_overrides(overrides)
+  return from_dict(_merge(values, overrides))
+
+
+def save_config(cfg: Config, path: str) -> None:
+  """Writes JSON (`.json`) or YAML (anything else); `load_config(path)` reads it back."""
+  values = to_dict(cfg)
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    if path.endswith(".json"):
+      json.dump(values, f, indent=2)
+      f.write("\n")
+    else:
+      yaml.safe_dump(values, f, sort_keys=False)
+  os.replace(tmp, path)  # never leave a half-written config behind
+
+
+def replace(cfg: Config, **sections: Mapping[str, Any]) -> Config:
+  """`replace(cfg, model={"depth": 4})`: a copy with some keys changed, fully validated."""
+  return from_dict(_merge(to_dict(cfg), sections))
+
+
+def model_overrides(name: str) -> dict[str, Any]:
+  """`var-d16` -> {"depth": 16}: the family is indexed by depth (width 64 d, d heads)."""
+  prefix = "var-d"
+  if not name.startswith(prefix) or not name[len(prefix):].isdigit() or int(name[len(prefix):]) < 1:
+    raise ConfigError("model", f"unknown model name {name!r}; models are named var-d<depth>, "
+                      "e.g. var-d16")
+  return {"depth": int(name[len(prefix):])}

@@ -1,0 +1,17 @@
+"""User-facing errors: the CLI prints these as one line, never as a traceback."""
+
+
+class VarjaxError(Exception):
+  """A mistake the user can fix (bad config, missing data, ...)."""
+
+
+class ConfigError(VarjaxError, ValueError):
+  """A config key is unknown, has the wrong type or an impossible value."""
+
+  def __init__(self, key: str, message: str):
+    self.key = key
+    super().__init__(f"{key}: {message}")
+
+
+class DataError(VarjaxError):
+  """A dataset is missing, unprepared or corrupt; the message says what to do."""
