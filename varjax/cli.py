@@ -1,0 +1,115 @@
+"""The `varjax` command. Each subcommand is one function; user mistakes exit 2 with one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from varjax.errors import VarjaxError
+
+
+def _cmd_data_build(args) -> None:
+  from varjax.data import sources
+  start = time.time()
+  builder = sources.build_dataset(args.dataset, args.data_dir, args.manual_dir, args.force)
+  splits = {name: info.num_examples for name, info in builder.info.splits.items()}
+  print(f"{sources.resolve_name(args.dataset)} ready in {builder.data_dir} "
+        f"({', '.join(f'{k}: {v}' for k, v in splits.items())}; {time.time() - start:.1f} s)")
+
+
+def _cmd_data_info(args) -> None:
+  from varjax.data import sources
+  builder = sources.get_builder(args.dataset, args.data_dir)
+  info = {
+      "dataset": sources.resolve_name(args.dataset),
+      "data_dir": str(builder.data_dir),
+      "prepared": builder.is_prepared(),
+  }
+  if builder.is_prepared():
+    info["splits"] = {k: v.num_examples for k, v in builder.info.splits.items()}
+    info["features"] = str(builder.info.features)
+  print(json.dumps(info, indent=2) if args.json else
+        "\n".join(f"{k}: {v}" for k, v in info.items()))
+
+
+def _cmd_data_preview(args) -> None:
+  from varjax.data import preview, sources
+  builder = sources.get_builder(args.dataset, args.data_dir)
+  source = sources.open_split(args.dataset, args.split, args.data_dir)
+  label = builder.info.features["label"]
+  path = preview.preview_split(source, args.out, label.num_classes)
+  print(f"wrote {path} (rows: {', '.join(label.names)})")
+
+
+def _cmd_config_show(args) -> None:
+  import yaml
+  from varjax import config
+  base = {"model": config.model_overrides(args.model)} if args.model else None
+  cfg = config.load_config(args.config, args.overrides, base=base)
+  values = cfg.to_dict()
+  print(json.dumps(values, indent=2) if args.json else yaml.safe_dump(values, sort_keys=False),
+        end="")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="varjax", description="Scaling-law research on VAR image generators.")
+  commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+  data = commands.add_parser("data", help="build and inspect datasets").add_subparsers(
+      dest="data_command", required=True, metavar="ACTION")
+  build = data.add_parser("build", help="prepare a dataset once under the data dir")
+  build.add_argument("--dataset", default="embedded32",
+                     help="embedded32, embedded64 or a TFDS name (default: embedded32)")
+  build.add_argument("--data-dir", default=None, help="default: $VARJAX_DATA_DIR")
+  build.add_argument("--manual-dir", default=None,
+                     help="downloaded files for datasets such as imagenet2012")
+  build.add_argument("--force", action="store_true", help="rebuild even if prepared")
+  build.set_defaults(func=_cmd_data_build)
+  info = data.add_parser("info", help="where a dataset lives and its splits")
+  info.add_argument("--dataset", default="embedded32")
+  info.add_argument("--data-dir", default=None)
+  info.add_argument("--json", action="store_true")
+  info.set_defaults(func=_cmd_data_info)
+
+  preview = data.add_parser("preview", help="PNG grid of examples, one row per class")
+  preview.add_argument("--dataset", default="embedded32")
+  preview.add_argument("--data-dir", default=None)
+  preview.add_argument("--split", default="train")
+  preview.add_argument("--out", default="reports/demo/dataset.png")
+  preview.set_defaults(func=_cmd_data_preview)
+
+  cfg = commands.add_parser("config", help="show the resolved config").add_subparsers(
+      dest="config_command", required=True, metavar="ACTION")
+  show = cfg.add_parser("show", help="defaults <- --model <- --config FILE <- overrides",
+                        epilog="overrides: --section.key=value, e.g. --model.depth=4")
+  show.add_argument("--config", default=None, help="YAML or JSON config file")
+  show.add_argument("--model", default=None, help="model name, e.g. var-d16")
+  show.add_argument("--json", action="store_true")
+  show.set_defaults(func=_cmd_config_show, takes_overrides=True)
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  parser = build_parser()
+  args, extra = parser.parse_known_args(argv)
+  if extra and not getattr(args, "takes_overrides", False):
+    parser.error(f"unrecognized arguments: {' '.join(extra)}")
+  args.overrides = extra
+  try:
+    args.func(args)
+  except VarjaxError as e:
+    print(f"varjax: error: {e}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print("varjax: interrupted", file=sys.stderr)
+    return 130
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
