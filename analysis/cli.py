@@ -1,0 +1,316 @@
+"""`python -m analysis`: fit, forecast, plan and report from a CSV or a run registry.
+
+Data come from `--csv FILE` or `--runs DIR` (a registry read by `load_runs`); columns are
+chosen by role: `--n-col` (parameters N), `--d-col` (tokens D) or `--c-col` (FLOPs C, with
+D = C / (6 N)), `--loss-col`, `--fid-col`. Every user mistake exits 2 with one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import pandas as pd
+
+from analysis import compute_optimal, laws
+from analysis.fitting import Fit, fit_law
+from analysis.uncertainty import Bootstrap, bootstrap, leave_largest_out
+from analysis.validate import AnalysisError
+
+LND = ("chinchilla", "overtrain")
+
+
+# ---------------------------------------------------------------- data
+
+def read_table(args) -> pd.DataFrame:
+  if bool(args.csv) == bool(args.runs):
+    raise AnalysisError("give exactly one of --csv FILE or --runs DIR")
+  if args.csv:
+    if not os.path.isfile(args.csv):
+      raise AnalysisError(f"CSV file not found: {args.csv}")
+    try:
+      table = pd.read_csv(args.csv)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+      raise AnalysisError(f"{args.csv} is not a readable CSV: {str(e).splitlines()[0]}")
+  else:
+    from analysis.runs import load_runs
+    table = load_runs(args.runs)
+    if table.empty:
+      raise AnalysisError(f"no finished runs (summary.json) under {args.runs}")
+  if args.drop_top_loss:
+    table = table.sort_values(args.loss_col).iloc[:-args.drop_top_loss] \
+        if args.loss_col in table else table
+  return table
+
+
+def column(table: pd.DataFrame, name: str, flag: str) -> np.ndarray:
+  if name not in table.columns:
+    raise AnalysisError(f"{flag} {name!r} is not a column; columns are: "
+                        f"{', '.join(map(str, table.columns))}")
+  values = pd.to_numeric(table[name], errors="coerce").to_numpy(np.float64)
+  return values
+
+
+def nd_inputs(table, args) -> dict[str, np.ndarray]:
+  n = column(table, args.n_col, "--n-col")
+  if args.d_col:
+    d = column(table, args.d_col, "--d-col")
+  elif args.c_col:
+    d = column(table, args.c_col, "--c-col") / (6.0 * n)
+  else:
+    raise AnalysisError("give --d-col (tokens) or --c-col (training FLOPs)")
+  return {"N": n, "D": d}
+
+
+def parse_at(specs: list[str]) -> list[dict[str, float]]:
+  points = []
+  for spec in specs or []:
+    point = {}
+    for part in spec.split(","):
+      key, _, value = part.partition("=")
+      if key.strip() not in ("N", "D", "C") or not value:
+        raise AnalysisError(f"--at {spec!r}: expected N=...,D=... (or N=...,C=...)")
+      try:
+        point[key.strip()] = float(value)
+      except ValueError:
+        raise AnalysisError(f"--at {spec!r}: {value!r} is not a number") from None
+    if "C" in point and "N" in point and "D" not in point:
+      point["D"] = point["C"] / (6 * point["N"])
+    if not {"N", "D"} <= set(point):
+      raise AnalysisError(f"--at {spec!r}: needs N and D (or N and C)")
+    points.append(point)
+  return points
+
+
+# ---------------------------------------------------------------- fitting
+
+def allocation_of(fit: Fit) -> compute_optimal.Allocation:
+  p = fit.params
+  if fit.law.name == "overtrain":  # alpha = beta = 2 eta, A = a 6^-eta, B = b 6^-eta
+    eta = p["eta"]
+    p = {"A": p["a"] * 6 ** -eta, "B": p["b"] * 6 ** -eta, "alpha": 2 * eta, "beta": 2 * eta}
+  return compute_optimal.chinchilla_allocation(p)
+
+
+def extrapolation(fit: Fit, point: dict[str, float]) -> dict:
+  """How far outside the fitted range a point is, per input (1 = inside)."""
+  out = {}
+  for role in fit.law.inputs:
+    lo, hi = fit.inputs[role].min(), fit.inputs[role].max()
+    v = point[role]
+    out[role] = float(v / hi if v > hi else (lo / v if v < lo else 1.0))
+  out["beyond_fitted_range"] = any(v > 1.0 for v in out.values())
+  return out
+
+
+def predictions(fit: Fit, boot: Bootstrap | None, points) -> list[dict]:
+  out = []
+  for point in points:
+    inputs = {k: np.array([point[k]]) for k in fit.law.inputs}
+    row = {**point, "loss": float(fit.predict(inputs)[0]),
+           "extrapolation": extrapolation(fit, point)}
+    if boot is not None:
+      lo, hi = boot.predict_interval(inputs)
+      row["interval_95"] = [float(lo[0]), float(hi[0])]
+    out.append(row)
+  return out
+
+
+def fit_report(law_name: str, inputs, y, args) -> tuple[Fit, Bootstrap | None, dict]:
+  law = laws.LND_LAWS[law_name]
+  fit = fit_law(law, inputs, y)
+  report = {"law": law.name, "formula": law.formula, **fit.params,
+            "objective": fit.objective, "num_points": int(len(y)),
+            "num_starts": fit.num_starts, "converged": fit.converged}
+  alloc = allocation_of(fit)
+  report["allocation"] = alloc.to_dict()
+  boot = None
+  if args.bootstrap:
+    boot = bootstrap(fit, args.bootstrap, seed=args.seed)
+    report["intervals_95"] = {k: list(v) for k, v in boot.intervals().items()}
+    a_samples = []
+    for theta in boot.thetas_KxP:
+      try:
+        a_samples.append(allocation_of(Fit(**{**fit.__dict__, "theta": theta})).a)
+      except AnalysisError:
+        pass
+    if a_samples:
+      report["intervals_95"]["allocation_a"] = [float(np.percentile(a_samples, 2.5)),
+                                                float(np.percentile(a_samples, 97.5))]
+  if not args.no_backtest:
+    report["backtest"] = leave_largest_out(law, inputs, y, seed=args.seed).to_dict()
+  return fit, boot, report
+
+
+def cmd_fit(args) -> dict:
+  table = read_table(args)
+  inputs = nd_inputs(table, args)
+  y = column(table, args.loss_col, "--loss-col")
+  names = list(LND) if args.law == "auto" else [args.law]
+  if args.law == "auto" and args.no_backtest:
+    raise AnalysisError("--law auto chooses by backtest; drop --no-backtest")
+  results = {name: fit_report(name, inputs, y, args) for name in names}
+  if args.law == "auto":
+    chosen = min(names, key=lambda n: results[n][2]["backtest"]["mean_relative_error"])
+  else:
+    chosen = names[0]
+  fit, boot, report = results[chosen]
+  if args.law == "auto":
+    report["candidates"] = {n: {"backtest": results[n][2]["backtest"],
+                                "objective": results[n][2]["objective"]} for n in names}
+  points = parse_at(args.at)
+  if points:
+    report["predict"] = predictions(fit, boot, points)
+  if args.plot_dir:
+    from analysis import plots
+    report["plots"] = plots.fit_plots(fit, boot, args.plot_dir)
+  return report
+
+
+def cmd_forecast(args) -> dict:
+  if not args.at and not args.flops:
+    raise AnalysisError("give --at N=...,D=... and/or --flops C")
+  table = read_table(args)
+  inputs = nd_inputs(table, args)
+  y = column(table, args.loss_col, "--loss-col")
+  fit = fit_law(laws.LND_LAWS[args.law], inputs, y)
+  boot = bootstrap(fit, args.bootstrap or 200, seed=args.seed)
+  points = parse_at(args.at)
+  alloc = allocation_of(fit)
+  for c in args.flops or []:
+    n = float(alloc.n_opt(c))
+    points.append({"N": n, "D": c / (6 * n), "C": c})
+  report = {"law": fit.law.name, **fit.params, "predict": predictions(fit, boot, points)}
+  if args.fid_col:
+    report["fid"] = fid_forecast(table, y, args, [p["loss"] for p in report["predict"]])
+  return report
+
+
+def fid_forecast(table, loss, args, at_losses) -> dict:
+  """FID through the loss -> FID map fitted on the runs that report both."""
+  fid = column(table, args.fid_col, "--fid-col")
+  ok = np.isfinite(fid) & (fid > 0)
+  fit = fit_law(laws.LOSS_TO_FID, {"loss": loss[ok]}, fid[ok])
+  boot = bootstrap(fit, args.bootstrap or 200, seed=args.seed)
+  x = {"loss": np.asarray(at_losses)}
+  lo, hi = boot.predict_interval(x)
+  return {"map": laws.LOSS_TO_FID.formula, **fit.params,
+          "values": fit.predict(x).tolist(), "interval_95": np.stack([lo, hi], 1).tolist()}
+
+
+def cmd_plan(args) -> dict:
+  args.at = []
+  args.flops = [args.plan_flops]
+  report = cmd_forecast(args)
+  row = report["predict"][0]
+  hours = compute_optimal.wall_time_hours(args.plan_flops, args.accelerator, args.mfu,
+                                          args.chips)
+  return {"flops": args.plan_flops, "N_opt": row["N"], "D_opt": row["D"],
+          "tokens_per_param": row["D"] / row["N"], "loss": row["loss"],
+          "loss_interval_95": row.get("interval_95"), "extrapolation": row["extrapolation"],
+          "fid": report.get("fid"), "accelerator": args.accelerator, "mfu": args.mfu,
+          "chips": args.chips, "wall_time_hours": hours, "law": report["law"]}
+
+
+def cmd_report(args) -> dict:
+  from analysis import plots
+  args.at, args.flops = [], []
+  table = read_table(args)
+  inputs = nd_inputs(table, args)
+  y = column(table, args.loss_col, "--loss-col")
+  fit, boot, report = fit_report(args.law, inputs, y, args)
+  os.makedirs(args.out, exist_ok=True)
+  report["plots"] = plots.fit_plots(fit, boot, args.out)
+  try:
+    minima = compute_optimal.approach2(inputs["N"], 6 * inputs["N"] * inputs["D"], y)
+    report["approach2"] = minima.allocation.to_dict()
+    report["plots"].append(plots.isoflop_plot(inputs["N"], 6 * inputs["N"] * inputs["D"], y,
+                                              minima, os.path.join(args.out, "isoflop.png")))
+  except AnalysisError as e:
+    report["approach2"] = {"skipped": str(e)}
+  if args.fid_col and args.fid_col in table.columns:
+    fid = column(table, args.fid_col, "--fid-col")
+    report["plots"].append(plots.fid_plot(6 * inputs["N"] * inputs["D"], fid, args.fid_col,
+                                          os.path.join(args.out, "fid_vs_compute.png")))
+  with open(os.path.join(args.out, "report.json"), "w") as f:
+    json.dump(report, f, indent=2, default=float)
+  return report
+
+
+# ---------------------------------------------------------------- parser
+
+def _data_args(p, registry_defaults: bool = False):
+  p.add_argument("--csv", help="a CSV with one row per run")
+  p.add_argument("--runs", help="a run registry directory (see docs/analysis.md)")
+  p.add_argument("--n-col", default="params", help="parameter count column (default params)")
+  p.add_argument("--d-col", default=None, help="token count column")
+  p.add_argument("--c-col", default=None, help="training FLOPs column (D = C / 6N)")
+  p.add_argument("--loss-col", default="loss")
+  p.add_argument("--fid-col", default=None, help="FID (or fd_<net>) column")
+  p.add_argument("--drop-top-loss", type=int, default=0, metavar="K",
+                 help="drop the K highest-loss rows first (Epoch drops 5 on Chinchilla)")
+  p.add_argument("--bootstrap", type=int, default=0, metavar="K", help="bootstrap replicates")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.split("\n")[0])
+  sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+  fit = sub.add_parser("fit", help="fit an L(N, D) law")
+  _data_args(fit)
+  fit.add_argument("--law", choices=[*LND, "auto"], default="chinchilla")
+  fit.add_argument("--at", action="append", default=[], metavar="N=..,D=..",
+                   help="predict at this point (repeatable)")
+  fit.add_argument("--no-backtest", action="store_true")
+  fit.add_argument("--plot-dir", default=None)
+  fit.set_defaults(func=cmd_fit)
+  fc = sub.add_parser("forecast", help="loss (and FID) with intervals at new N, D or C")
+  _data_args(fc)
+  fc.add_argument("--law", choices=LND, default="chinchilla")
+  fc.add_argument("--at", action="append", default=[], metavar="N=..,D=..")
+  fc.add_argument("--flops", action="append", type=float, default=[],
+                  help="compute-optimal forecast at this FLOP budget (repeatable)")
+  fc.set_defaults(func=cmd_forecast)
+  plan = sub.add_parser("plan", help="N_opt, D_opt, loss/FID and wall time for a budget")
+  _data_args(plan)
+  plan.add_argument("--flops", dest="plan_flops", type=float, required=True)
+  plan.add_argument("--law", choices=LND, default="chinchilla")
+  plan.add_argument("--accelerator", default="h100",
+                    choices=sorted(compute_optimal.PEAK_FLOPS))
+  plan.add_argument("--mfu", type=float, default=0.4)
+  plan.add_argument("--chips", type=int, default=1)
+  plan.set_defaults(func=cmd_plan, no_backtest=True)
+  rep = sub.add_parser("report", help="fit, backtest, Approach 2 and all plots into --out")
+  _data_args(rep)
+  rep.add_argument("--law", choices=LND, default="chinchilla")
+  rep.add_argument("--out", default="reports/analysis")
+  rep.set_defaults(func=cmd_report, no_backtest=False)
+  for p in (fc,):
+    p.set_defaults(no_backtest=True)
+  return parser
+
+
+def _print(report: dict, as_json: bool) -> None:
+  if as_json:
+    print(json.dumps(report, indent=2, default=float))
+    return
+  for key, value in report.items():
+    if isinstance(value, float):
+      print(f"{key:>22}: {value:.6g}")
+    else:
+      print(f"{key:>22}: {json.dumps(value, default=float)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  try:
+    report = args.func(args)
+  except AnalysisError as e:
+    print(f"analysis: error: {e}", file=sys.stderr)
+    return 2
+  _print(report, args.json)
+  return 0

@@ -1,0 +1,95 @@
+"""The run registry as a table: one row per finished run directory.
+
+A run directory holds `config.json`, `metrics.jsonl` (one JSON object per logged step)
+and, once finished, `summary.json`. Summary keys become columns as they are; config keys
+become `config.<section>.<key>` columns. Expected summary keys (see docs/analysis.md):
+`params` and `params_no_head` (N in both conventions), `tokens` (D), `flops_exact` and
+`flops_6nd` (training FLOPs in both conventions), `loss` (final evaluation loss), and
+optionally `fd_<network>` / `fid` (sample-quality distances).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import pandas as pd
+
+from analysis.validate import AnalysisError
+
+
+def _flatten(prefix: str, value, out: dict) -> None:
+  if isinstance(value, dict):
+    for k, v in value.items():
+      _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+  elif isinstance(value, list):
+    out[prefix] = tuple(value)
+  else:
+    out[prefix] = value
+
+
+def run_dirs(path: str) -> list[str]:
+  """Every directory below `path` (itself included) holding a config.json."""
+  if not os.path.isdir(path):
+    raise AnalysisError(f"run registry {path!r} does not exist")
+  found = []
+  for root, dirs, files in os.walk(path):
+    dirs.sort()
+    if "config.json" in files:
+      found.append(root)
+      dirs.clear()  # checkpoints and the like live below a run; no runs nest
+  return found
+
+
+def load_runs(path: str) -> pd.DataFrame:
+  """A DataFrame of the finished runs under `path` (unfinished ones are skipped, with a
+  warning that counts them). Columns: `run` (directory name), `run_dir`, summary keys,
+  `config.*` keys."""
+  rows, unfinished, broken = [], 0, []
+  for run_dir in run_dirs(path):
+    summary_path = os.path.join(run_dir, "summary.json")
+    if not os.path.exists(summary_path):
+      unfinished += 1
+      continue
+    try:
+      with open(summary_path) as f:
+        summary = json.load(f)
+      with open(os.path.join(run_dir, "config.json")) as f:
+        config = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+      broken.append(f"{run_dir} ({e})")
+      continue
+    row = {"run": os.path.basename(run_dir), "run_dir": run_dir}
+    _flatten("", summary, row)
+    _flatten("config", config, row)
+    rows.append(row)
+  if unfinished:
+    warnings.warn(f"{unfinished} unfinished run(s) under {path} skipped (no summary.json)")
+  if broken:
+    warnings.warn(f"{len(broken)} run(s) with unreadable files skipped: {'; '.join(broken)}")
+  return pd.DataFrame(rows)
+
+
+def load_metrics(path: str) -> pd.DataFrame:
+  """Every logged step of every run under `path` (finished or not), with a `run` column:
+  the training curves Approach 1 and the annealing law use."""
+  frames = []
+  for run_dir in run_dirs(path):
+    metrics = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(metrics):
+      continue
+    records = []
+    with open(metrics) as f:
+      for line in f:
+        line = line.strip()
+        if line:
+          try:
+            records.append(json.loads(line))
+          except json.JSONDecodeError:
+            break  # a run killed mid-write leaves a partial last line
+    if records:
+      frame = pd.DataFrame(records)
+      frame.insert(0, "run", os.path.basename(run_dir))
+      frames.append(frame)
+  return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
