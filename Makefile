@@ -51,17 +51,23 @@ demo: install
 	echo "      sweep + run registry (issue 6), scaling-law analysis and plots (issue 7)." && \
 	echo "demo: done in $$(( $$(date +%s) - start )) s"
 
+# Each benchmark prints its own side-by-side ratios. Not yet here: attention (issue 5),
+# training throughput and MFU (issue 4), lanes vs sequential runs (issue 6).
 bench: install
-	@echo "make bench: no benchmark is implemented yet (attention: issue 5, training: issue 4, lanes: issue 6, fits: issue 7)." >&2; exit 2
+	$(PY) benchmarks/fit_speed.py
 
 sweep: install
 	@echo "make sweep: sweeps are not implemented yet (issue 6)." >&2; exit 2
 
+# make analyze RUNS=runs/demo [OUT=reports/demo] [ANALYZE_ARGS="--d-col tokens ..."]
+ANALYZE_ARGS ?= --d-col tokens --bootstrap 200
 analyze: install
-	@echo "make analyze: the analysis package is not implemented yet (issue 7)." >&2; exit 2
+	@test -n "$(RUNS)" || { echo "usage: make analyze RUNS=DIR [OUT=DIR]" >&2; exit 2; }
+	$(PY) -m analysis report --runs $(RUNS) --out $(or $(OUT),reports/$(notdir $(RUNS))) $(ANALYZE_ARGS)
 
+# Executes notebooks/*.ipynb headless into reports/notebooks (VARJAX_RUNS=DIR for a registry).
 notebooks: install
-	@echo "make notebooks: no notebook exists yet (issue 7)." >&2; exit 2
+	cd notebooks && ../$(PY) run.py --out ../reports/notebooks
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

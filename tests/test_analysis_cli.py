@@ -30,6 +30,17 @@ def synthetic_table(seed=0, noise=0.003):
                        "loss": loss * np.exp(rng.normal(0, noise, n.shape))})
 
 
+def isoflop_table(noise=0.002):
+  """An IsoFLOP grid: 4 budgets x 7 model sizes around the true optimum, log-normal noise."""
+  from analysis import chinchilla_allocation
+  flops = np.repeat([1e17, 8e17, 6.4e18, 5.12e19], 7)
+  n = chinchilla_allocation(TRUE).n_opt(flops) * np.tile(np.geomspace(1 / 8, 8, 7), 4)
+  d = flops / (6 * n)
+  loss = TRUE["E"] + TRUE["A"] * n ** -TRUE["alpha"] + TRUE["B"] * d ** -TRUE["beta"]
+  loss = loss * np.exp(np.random.default_rng(0).normal(0, noise, n.shape))
+  return pd.DataFrame({"params": n, "tokens": d, "flops": flops, "loss": loss})
+
+
 def write_registry(root, table, unfinished=1):
   for i, row in table.reset_index(drop=True).iterrows():
     run = os.path.join(root, f"r{i:03d}")
@@ -107,6 +118,18 @@ def test_plan_allocates_the_budget_and_times_it(tmp_path):
   assert plan["extrapolation"]["beyond_fitted_range"]
   lo, hi = plan["loss_interval_95"]
   assert lo < plan["loss"] < hi
+
+
+def test_report_writes_plots_and_both_allocation_estimates(tmp_path):
+  write_registry(str(tmp_path / "runs"), isoflop_table(), unfinished=0)
+  out = analysis("report", "--runs", str(tmp_path / "runs"), "--d-col", "tokens",
+                 "--bootstrap", "50", "--out", str(tmp_path / "report"))
+  assert out.returncode == 0, out.stderr
+  report = json.loads((tmp_path / "report" / "report.json").read_text())
+  expected_a = TRUE["beta"] / (TRUE["alpha"] + TRUE["beta"])
+  assert report["allocation"]["a"] == pytest.approx(expected_a, abs=0.05)
+  assert report["approach2"]["a"] == pytest.approx(expected_a, abs=0.05)
+  assert len(report["plots"]) == 4 and all(os.path.getsize(p) > 10_000 for p in report["plots"])
 
 
 @pytest.mark.parametrize("mutate, message", [
