@@ -141,7 +141,13 @@ def fit_report(law_name: str, inputs, y, args) -> tuple[Fit, Bootstrap | None, d
       report["intervals_95"]["allocation_a"] = [float(np.percentile(a_samples, 2.5)),
                                                 float(np.percentile(a_samples, 97.5))]
   if not args.no_backtest:
-    report["backtest"] = leave_largest_out(law, inputs, y, seed=args.seed).to_dict()
+    backtest = leave_largest_out(law, inputs, y, seed=args.seed)
+    report["backtest"] = backtest.to_dict()
+    if getattr(args, "plot_dir", None) or getattr(args, "out", None):
+      from analysis import plots
+      out = getattr(args, "plot_dir", None) or args.out
+      report.setdefault("plots", []).append(
+          plots.backtest_plot(backtest, os.path.join(out, f"backtest_{law.name}.png")))
   return fit, boot, report
 
 
@@ -166,7 +172,7 @@ def cmd_fit(args) -> dict:
     report["predict"] = predictions(fit, boot, points)
   if args.plot_dir:
     from analysis import plots
-    report["plots"] = plots.fit_plots(fit, boot, args.plot_dir)
+    report["plots"] = report.get("plots", []) + plots.fit_plots(fit, boot, args.plot_dir)
   return report
 
 
@@ -223,7 +229,7 @@ def cmd_report(args) -> dict:
   y = column(table, args.loss_col, "--loss-col")
   fit, boot, report = fit_report(args.law, inputs, y, args)
   os.makedirs(args.out, exist_ok=True)
-  report["plots"] = plots.fit_plots(fit, boot, args.out)
+  report["plots"] = report.get("plots", []) + plots.fit_plots(fit, boot, args.out)
   try:
     minima = compute_optimal.approach2(inputs["N"], 6 * inputs["N"] * inputs["D"], y)
     report["approach2"] = minima.allocation.to_dict()

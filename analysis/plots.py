@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 
 from analysis.compute_optimal import IsoFlopMinima  # noqa: E402
 from analysis.fitting import Fit  # noqa: E402
-from analysis.uncertainty import Bootstrap  # noqa: E402
+from analysis.uncertainty import Backtest, Bootstrap  # noqa: E402
 
 
 def _save(fig, path: str) -> str:
@@ -108,6 +108,23 @@ def isoflop_plot(n, flops, loss, minima: IsoFlopMinima, path: str) -> str:
              label="minima")
   ax.set(xscale="log", xlabel="parameters N", ylabel="loss", title="IsoFLOP curves")
   ax.legend(fontsize=7)
+  return _save(fig, path)
+
+
+def backtest_plot(bt: Backtest, path: str) -> str:
+  """Held-out largest runs: predicted (with 95% interval) against actual."""
+  fig, ax = plt.subplots(figsize=(5.2, 4.8))
+  err = np.abs(bt.interval_95 - bt.predicted[None, :])
+  colors = np.where(bt.inside_interval, "C0", "C3")
+  ax.errorbar(bt.actual, bt.predicted, yerr=err, fmt="none", ecolor="0.6", lw=1)
+  ax.scatter(bt.actual, bt.predicted, c=colors, s=18, zorder=3)
+  lo = min(bt.actual.min(), bt.interval_95.min())
+  hi = max(bt.actual.max(), bt.interval_95.max())
+  ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+  ax.set(xlabel="actual loss (held out)", ylabel="predicted loss",
+         title=f"Leave-largest-{bt.holdout_by}-out: {100 * bt.mean_relative_error:.2f}% mean "
+               f"error, {100 * bt.coverage:.0f}% inside 95%")
+  ax.title.set_fontsize(9)
   return _save(fig, path)
 
 

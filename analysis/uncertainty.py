@@ -82,6 +82,10 @@ class Backtest:
   num_held_out: int
   relative_errors: np.ndarray  # |pred - actual| / actual per held-out run
   inside_interval: np.ndarray  # bool per held-out run (95% prediction interval)
+  actual: np.ndarray
+  predicted: np.ndarray
+  interval_95: np.ndarray  # float64[2, held-out runs]
+  fit: Fit  # the refit without the held-out runs
 
   @property
   def mean_relative_error(self) -> float:
@@ -131,4 +135,5 @@ def leave_largest_out(law, inputs: Mapping[str, np.ndarray], y: np.ndarray, *,
   lo, hi = boot.predict_interval(test)
   return Backtest(holdout_by=by, num_held_out=int(held.sum()),
                   relative_errors=np.abs(pred - actual) / actual,
-                  inside_interval=(actual >= lo) & (actual <= hi))
+                  inside_interval=(actual >= lo) & (actual <= hi), actual=actual,
+                  predicted=pred, interval_95=np.stack([lo, hi]), fit=fit)

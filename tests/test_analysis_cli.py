@@ -129,7 +129,7 @@ def test_report_writes_plots_and_both_allocation_estimates(tmp_path):
   expected_a = TRUE["beta"] / (TRUE["alpha"] + TRUE["beta"])
   assert report["allocation"]["a"] == pytest.approx(expected_a, abs=0.05)
   assert report["approach2"]["a"] == pytest.approx(expected_a, abs=0.05)
-  assert len(report["plots"]) == 4 and all(os.path.getsize(p) > 10_000 for p in report["plots"])
+  assert len(report["plots"]) == 5 and all(os.path.getsize(p) > 10_000 for p in report["plots"])
 
 
 @pytest.mark.parametrize("mutate, message", [

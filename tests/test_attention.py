@@ -1,0 +1,140 @@
+"""The scale mask against its definition, and attention paths against a NumPy reference."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from varjax.kernels import attention as attn
+from varjax.kernels import mask as mask_lib
+from varjax.models import scales
+
+schedules = st.lists(st.integers(1, 12), min_size=1, max_size=7, unique=True).map(
+    lambda xs: tuple(sorted(xs)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(schedules, st.sampled_from([8, 16, 128]))
+def test_mask_is_the_scale_causal_definition(pn, block):
+  # Definition written out token by token, independent of scale_ids / boundaries.
+  owner = [k for k, p in enumerate(pn) for _ in range(p * p)]
+  length = len(owner)
+  expected = np.array([[owner[j] <= owner[i] for j in range(length)] for i in range(length)])
+  np.testing.assert_array_equal(mask_lib.dense_mask(pn), expected)
+  lp = mask_lib.padded_length(length, block)
+  padded = mask_lib.dense_mask(pn, padded_to=lp)
+  np.testing.assert_array_equal(padded[:length, :length], expected)
+  assert not padded[length:].any() and not padded[:, length:].any()
+  ends = mask_lib.block_key_end(pn, block, block)
+  for qb, n_kb in enumerate(ends):  # skipped key blocks are fully masked
+    rows = padded[qb * block:(qb + 1) * block]
+    assert not rows[:, n_kb * block:].any()
+    if rows.any():
+      assert rows[:, (n_kb - 1) * block:n_kb * block].any()
+
+
+def test_schedules_and_allowed_fraction():
+  assert scales.num_tokens(scales.SCHEDULES["256"]) == 680
+  assert scales.num_tokens(scales.SCHEDULES["512"]) == 2240
+  assert mask_lib.allowed_fraction(scales.SCHEDULES["256"]) == pytest.approx(0.619, abs=5e-4)
+  assert mask_lib.padded_length(680, 128) == 768
+  with pytest.raises(ValueError, match="increase strictly"):
+    scales.validate((1, 3, 2))
+
+
+def _reference(q, k, v, allowed):
+  s = np.einsum("bqhk,bthk->bhqt", q, k)
+  s = np.where(allowed[None, None], s, -np.inf)
+  p = np.exp(s - s.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  return np.einsum("bhqt,bthk->bqhk", p, v)
+
+
+@pytest.mark.parametrize("pn, heads", [((1, 2, 3, 4), 2), ((1, 2, 4, 6), 3)])
+def test_xla_attention_matches_numpy(pn, heads):
+  length = scales.num_tokens(pn)
+  q, k, v = (np.random.default_rng(i).normal(size=(2, length, heads, 16)).astype(np.float32)
+             for i in range(3))
+  out = attn.attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), pn, impl="xla")
+  np.testing.assert_allclose(out, _reference(q, k, v, mask_lib.dense_mask(pn)), atol=1e-5)
+
+
+def test_cached_attention_equals_full_masked_attention_scale_by_scale():
+  pn = (1, 2, 3, 4)
+  bounds = scales.boundaries(pn)
+  length = bounds[-1]
+  q, k, v = (jax.random.normal(jax.random.key(i), (2, length, 2, 8)) for i in range(3))
+  full = attn.attention(q, k, v, pn, impl="xla")
+  cache_k = jnp.zeros_like(k)
+  cache_v = jnp.zeros_like(v)
+  for s in range(len(pn)):
+    lo, hi = bounds[s], bounds[s + 1]
+    cache_k = cache_k.at[:, lo:hi].set(k[:, lo:hi])
+    cache_v = cache_v.at[:, lo:hi].set(v[:, lo:hi])
+    out = attn.cached_attention(q[:, lo:hi], cache_k, cache_v, hi)
+    np.testing.assert_allclose(out, full[:, lo:hi], atol=1e-5)
+
+
+def test_bad_impl_and_shape_are_clear():
+  q = jnp.zeros((1, 5, 1, 8))
+  with pytest.raises(ValueError, match="unknown attention impl"):
+    attn.attention(q, q, q, (1, 2), impl="flash")
+  with pytest.raises(ValueError, match="not implemented yet"):
+    attn.attention(q, q, q, (1, 2), impl="splash")
+  with pytest.raises(ValueError, match="has 14"):
+    attn.attention(q, q, q, (1, 2, 3), impl="xla")
+
+
+def _max_rel_err(a, b):
+  a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+  return float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
+
+
+CASES = [((1, 2, 3, 4), 1, 2, jnp.float32), ((1, 2, 3, 4, 5, 6, 8), 2, 3, jnp.float32),
+         ((1, 2, 3, 4, 5, 6, 8), 2, 4, jnp.bfloat16)]
+
+
+@pytest.mark.parametrize("pn, batch, heads, dtype", CASES)
+def test_pallas_matches_xla_forward_and_gradients(pn, batch, heads, dtype):
+  length = scales.num_tokens(pn)
+  q, k, v = (jax.random.normal(jax.random.key(i), (batch, length, heads, 16), dtype)
+             for i in range(3))
+  ct = jax.random.normal(jax.random.key(7), (batch, length, heads, 16))
+  up = lambda x: x.astype(jnp.float32)
+  loss = lambda impl: lambda q, k, v: jnp.sum(up(attn.attention(q, k, v, pn, impl=impl)) * ct)
+  # The oracle sees the same (rounded) inputs in fp32.
+  ref_loss = lambda q, k, v: loss("xla")(up(q), up(k), up(v))
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  out = attn.attention(q, k, v, pn, impl="pallas")
+  assert out.dtype == dtype
+  assert _max_rel_err(out, attn.attention(up(q), up(k), up(v), pn, impl="xla")) <= tol
+  grads = jax.grad(loss("pallas"), (0, 1, 2))(q, k, v)
+  ref = jax.grad(ref_loss, (0, 1, 2))(q, k, v)
+  for g, r in zip(grads, ref):
+    assert _max_rel_err(g, r) <= tol
+
+
+@pytest.mark.parametrize("heads, dtype", [(2, jnp.float32), (3, jnp.bfloat16)])
+def test_pallas_matches_xla_on_the_256px_schedule(heads, dtype):
+  pn = scales.SCHEDULES["256"]  # L = 680, padded to 768 with 128-wide blocks
+  q, k, v = (jax.random.normal(jax.random.key(i), (1, 680, heads, 64), dtype)
+             for i in range(3))
+  ct = jax.random.normal(jax.random.key(7), (1, 680, heads, 64))
+  up = lambda x: x.astype(jnp.float32)
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  f = lambda impl: lambda q, k, v: jnp.sum(up(attn.attention(up(q) if impl == "xla" else q,
+                                                             up(k) if impl == "xla" else k,
+                                                             up(v) if impl == "xla" else v,
+                                                             pn, impl=impl)) * ct)
+  for g, r in zip(jax.grad(f("pallas"), (0, 1, 2))(q, k, v), jax.grad(f("xla"), (0, 1, 2))(q, k, v)):
+    assert _max_rel_err(g, r) <= tol
+
+
+@settings(max_examples=6, deadline=None)
+@given(schedules)
+def test_pallas_matches_xla_on_random_schedules(pn):
+  length = scales.num_tokens(pn)
+  q, k, v = (jax.random.normal(jax.random.key(i), (1, length, 2, 8)) for i in range(3))
+  assert _max_rel_err(attn.attention(q, k, v, pn, impl="pallas"),
+                      attn.attention(q, k, v, pn, impl="xla")) <= 1e-5

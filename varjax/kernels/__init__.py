@@ -1,0 +1,1 @@
+"""Attention for VAR: the scale-causal mask, a dense XLA reference, cached attention."""

@@ -1,0 +1,69 @@
+"""One attention entry point for the VAR model; `impl` picks the implementation.
+
+Layout B L H K (batch, length, heads, head dim), as `jax.nn.dot_product_attention`. VAR's
+q and k are L2-normalised and q carries a learned per-head scale, so the softmax scale is
+1 there; `scale` stays an argument for generality.
+
+Implementations: `xla` (dense, with the scale mask: the CPU path and the test oracle),
+`cudnn` (`jax.nn.dot_product_attention(implementation="cudnn")`, GPU, bf16/fp16) and
+`pallas` (our block-sparse kernel, `block_sparse.py`; interpret mode on CPU). `splash`
+(TPU splash attention) is issue 5's open work; asking for it says so instead of silently
+falling back.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from varjax.kernels import mask as mask_lib
+
+IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash", "pallas")
+_NOT_YET = ("splash",)
+
+
+def resolve_impl(impl: str, dtype=jnp.float32) -> str:
+  if impl not in IMPLEMENTATIONS:
+    raise ValueError(f"unknown attention impl {impl!r}; choose from {', '.join(IMPLEMENTATIONS)}")
+  if impl in _NOT_YET:
+    raise ValueError(f"attention impl {impl!r} is not implemented yet (issue 5); use 'xla' "
+                     "or 'auto'")
+  if impl == "auto":
+    gpu = jax.default_backend() == "gpu"
+    return "cudnn" if gpu and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "xla"
+  return impl
+
+
+def attention(q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, v_BxLxHxK: jax.Array,
+              patch_nums, *, scale: float = 1.0, impl: str = "auto") -> jax.Array:
+  """Scale-causal attention over a full token pyramid; returns o_BxLxHxK."""
+  length = q_BxLxHxK.shape[1]
+  allowed_LxL = mask_lib.dense_mask(patch_nums)
+  if allowed_LxL.shape[0] != length:
+    raise ValueError(f"sequence has {length} tokens but schedule {tuple(patch_nums)} has "
+                     f"{allowed_LxL.shape[0]}")
+  impl = resolve_impl(impl, q_BxLxHxK.dtype)
+  if impl == "pallas":
+    from varjax.kernels.block_sparse import block_sparse_attention
+    block = 128 if length >= 512 else 32 if length >= 64 else 8
+    return block_sparse_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, patch_nums, scale=scale,
+                                  block_q=block, block_k=block)
+  return jax.nn.dot_product_attention(
+      q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask=jnp.asarray(allowed_LxL)[None, None],
+      scale=scale, implementation=impl)
+
+
+def cached_attention(q_BxSxHxK: jax.Array, k_cache_BxTxHxK: jax.Array,
+                     v_cache_BxTxHxK: jax.Array, valid_length: int | jax.Array, *,
+                     scale: float = 1.0) -> jax.Array:
+  """Sampling step: the S queries of one scale against a KV cache holding the keys of all
+  scales up to and including theirs in its first `valid_length` slots (the rest unused).
+
+  Within a scale attention is bidirectional and earlier scales are all visible, so the
+  mask is just `key index < valid_length`; returns o_BxSxHxK.
+  """
+  t = k_cache_BxTxHxK.shape[1]
+  keep_T = jnp.arange(t) < valid_length
+  return jax.nn.dot_product_attention(
+      q_BxSxHxK, k_cache_BxTxHxK, v_cache_BxTxHxK, mask=keep_T[None, None, None, :],
+      scale=scale, implementation="xla")

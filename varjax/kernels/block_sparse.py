@@ -1,0 +1,208 @@
+"""Our Pallas kernel: flash attention that visits only the key blocks a scale pyramid allows.
+
+For VAR's scale-causal mask, query i sees exactly the key prefix [0, end(i)) where end(i)
+is the end of its scale. A query block therefore needs key blocks [0, n_kv[block]) and
+nothing after them: those blocks are never loaded (on the 256 px schedule with 128-wide
+blocks this skips 14 of 36 block pairs). Inside a visited block the element mask is
+`key < end(query)`. Online softmax in fp32, inputs bf16 or fp32, custom VJP with its own
+backward kernels (dq per query block; dk, dv per key block over the query blocks that see
+it). Padded queries have end 0: they see nothing and produce 0.
+
+Layout inside the kernels is B H L K; the public function takes B L H K like the rest.
+Runs on CPU with `interpret=True` (the test suite); on TPU/GPU it compiles through Pallas.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import pallas as pl
+
+from varjax.kernels import mask as mask_lib
+
+NEG_INF = -1e30  # finite, so fully masked rows stay NaN-free
+
+
+def _plan(patch_nums, block_q: int, block_k: int):
+  ends = mask_lib.key_prefix_end(patch_nums)
+  length = len(ends)
+  lp = mask_lib.padded_length(length, max(block_q, block_k))
+  ends_p = np.zeros(lp, np.int32)
+  ends_p[:length] = ends
+  n_kv = np.array([-(-int(ends_p[i:i + block_q].max()) // block_k)
+                   for i in range(0, lp, block_q)], np.int32)
+  # First query block that needs each key block (n_kv is non-decreasing in the block index).
+  first_q = np.array([int(np.argmax(n_kv > kb)) if (n_kv > kb).any() else len(n_kv)
+                      for kb in range(lp // block_k)], np.int32)
+  return length, lp, ends_p, n_kv, first_q
+
+
+def _fwd_kernel(n_kv_ref, ends_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, block_k, scale):
+  qi = pl.program_id(2)
+  q = q_ref[...].astype(jnp.float32) * scale  # [bq, K]
+  ends = ends_ref[...]  # [bq]
+  bq = q.shape[0]
+
+  def body(j, carry):
+    m, l, acc = carry
+    k = k_ref[pl.ds(j * block_k, block_k), :].astype(jnp.float32)
+    v = v_ref[pl.ds(j * block_k, block_k), :].astype(jnp.float32)
+    s = jnp.dot(q, k.T, preferred_element_type=jnp.float32)
+    keys = j * block_k + jax.lax.broadcasted_iota(jnp.int32, (bq, block_k), 1)
+    s = jnp.where(keys < ends[:, None], s, NEG_INF)
+    m_new = jnp.maximum(m, s.max(axis=1))
+    p = jnp.where(keys < ends[:, None], jnp.exp(s - m_new[:, None]), 0.0)
+    corr = jnp.exp(m - m_new)
+    return m_new, l * corr + p.sum(axis=1), acc * corr[:, None] + jnp.dot(p, v)
+
+  init = (jnp.full((bq,), NEG_INF, jnp.float32), jnp.zeros((bq,), jnp.float32),
+          jnp.zeros(q.shape, jnp.float32))
+  m, l, acc = jax.lax.fori_loop(0, n_kv_ref[qi], body, init)
+  seen = l > 0
+  o_ref[...] = (acc / jnp.where(seen, l, 1.0)[:, None]).astype(o_ref.dtype)
+  lse_ref[...] = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), 0.0)
+
+
+def _dq_kernel(n_kv_ref, ends_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, *,
+               block_k, scale):
+  qi = pl.program_id(2)
+  q = q_ref[...].astype(jnp.float32)
+  do = do_ref[...].astype(jnp.float32)
+  lse, delta, ends = lse_ref[...], delta_ref[...], ends_ref[...]
+  bq = q.shape[0]
+
+  def body(j, dq):
+    k = k_ref[pl.ds(j * block_k, block_k), :].astype(jnp.float32)
+    v = v_ref[pl.ds(j * block_k, block_k), :].astype(jnp.float32)
+    keys = j * block_k + jax.lax.broadcasted_iota(jnp.int32, (bq, block_k), 1)
+    ok = keys < ends[:, None]
+    s = jnp.dot(q * scale, k.T, preferred_element_type=jnp.float32)
+    p = jnp.where(ok, jnp.exp(jnp.where(ok, s, 0.0) - lse[:, None]), 0.0)
+    dp = jnp.dot(do, v.T, preferred_element_type=jnp.float32)
+    ds = p * (dp - delta[:, None])
+    return dq + jnp.dot(ds, k) * scale
+
+  dq = jax.lax.fori_loop(0, n_kv_ref[qi], body, jnp.zeros(q.shape, jnp.float32))
+  dq_ref[...] = dq.astype(dq_ref.dtype)
+
+
+def _dkv_kernel(first_q_ref, ends_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref,
+                dk_ref, dv_ref, *, block_q, scale, num_q_blocks):
+  kb = pl.program_id(2)
+  k = k_ref[...].astype(jnp.float32)  # [bk, K]
+  v = v_ref[...].astype(jnp.float32)
+  bk = k.shape[0]
+
+  def body(i, carry):
+    dk, dv = carry
+    rows = pl.ds(i * block_q, block_q)
+    q = q_ref[rows, :].astype(jnp.float32)
+    do = do_ref[rows, :].astype(jnp.float32)
+    lse, delta, ends = lse_ref[rows], delta_ref[rows], ends_ref[rows]
+    keys = kb * bk + jax.lax.broadcasted_iota(jnp.int32, (block_q, bk), 1)
+    ok = keys < ends[:, None]
+    s = jnp.dot(q * scale, k.T, preferred_element_type=jnp.float32)
+    p = jnp.where(ok, jnp.exp(jnp.where(ok, s, 0.0) - lse[:, None]), 0.0)
+    dv = dv + jnp.dot(p.T, do)
+    dp = jnp.dot(do, v.T, preferred_element_type=jnp.float32)
+    ds = p * (dp - delta[:, None])
+    return dk + jnp.dot(ds.T, q) * scale, dv
+
+  zeros = jnp.zeros(k.shape, jnp.float32)
+  dk, dv = jax.lax.fori_loop(first_q_ref[kb], num_q_blocks, body, (zeros, zeros))
+  dk_ref[...] = dk.astype(dk_ref.dtype)
+  dv_ref[...] = dv.astype(dv_ref.dtype)
+
+
+def _specs(b_h_block, length_block, head_dim):
+  return pl.BlockSpec((None, None, length_block, head_dim), b_h_block)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
+def _attention_bhlk(q, k, v, patch_nums, scale, block_q, block_k, interpret):
+  return _forward(q, k, v, patch_nums, scale, block_q, block_k, interpret)[0]
+
+
+def _forward(q, k, v, patch_nums, scale, block_q, block_k, interpret):
+  B, H, Lp, K = q.shape
+  _, _, ends, n_kv, _ = _plan(patch_nums, block_q, block_k)
+  nq = Lp // block_q
+  full = pl.BlockSpec((None, None, Lp, K), lambda b, h, i: (b, h, 0, 0))
+  o, lse = pl.pallas_call(
+      functools.partial(_fwd_kernel, block_k=block_k, scale=scale),
+      grid=(B, H, nq),
+      in_specs=[pl.BlockSpec((nq,), lambda b, h, i: (0,)),
+                pl.BlockSpec((block_q,), lambda b, h, i: (i,)),
+                pl.BlockSpec((None, None, block_q, K), lambda b, h, i: (b, h, i, 0)),
+                full, full],
+      out_specs=[pl.BlockSpec((None, None, block_q, K), lambda b, h, i: (b, h, i, 0)),
+                 pl.BlockSpec((None, None, block_q), lambda b, h, i: (b, h, i))],
+      out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
+                 jax.ShapeDtypeStruct((B, H, Lp), jnp.float32)],
+      interpret=interpret,
+  )(jnp.asarray(n_kv), jnp.asarray(ends), q, k, v)
+  return o, lse
+
+
+def _fwd_rule(q, k, v, patch_nums, scale, block_q, block_k, interpret):
+  o, lse = _forward(q, k, v, patch_nums, scale, block_q, block_k, interpret)
+  return o, (q, k, v, o, lse)
+
+
+def _bwd_rule(patch_nums, scale, block_q, block_k, interpret, res, do):
+  q, k, v, o, lse = res
+  B, H, Lp, K = q.shape
+  _, _, ends, n_kv, first_q = _plan(patch_nums, block_q, block_k)
+  nq, nk = Lp // block_q, Lp // block_k
+  delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)  # [B, H, Lp]
+  full = pl.BlockSpec((None, None, Lp, K), lambda b, h, i: (b, h, 0, 0))
+  full_vec = pl.BlockSpec((None, None, Lp), lambda b, h, i: (b, h, 0))
+  q_block = pl.BlockSpec((None, None, block_q, K), lambda b, h, i: (b, h, i, 0))
+  q_vec = pl.BlockSpec((None, None, block_q), lambda b, h, i: (b, h, i))
+  dq = pl.pallas_call(
+      functools.partial(_dq_kernel, block_k=block_k, scale=scale),
+      grid=(B, H, nq),
+      in_specs=[pl.BlockSpec((nq,), lambda b, h, i: (0,)),
+                pl.BlockSpec((block_q,), lambda b, h, i: (i,)),
+                q_block, full, full, q_block, q_vec, q_vec],
+      out_specs=q_block,
+      out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+      interpret=interpret,
+  )(jnp.asarray(n_kv), jnp.asarray(ends), q, k, v, do, lse, delta)
+  k_block = pl.BlockSpec((None, None, block_k, K), lambda b, h, j: (b, h, j, 0))
+  dk, dv = pl.pallas_call(
+      functools.partial(_dkv_kernel, block_q=block_q, scale=scale, num_q_blocks=nq),
+      grid=(B, H, nk),
+      in_specs=[pl.BlockSpec((nk,), lambda b, h, j: (0,)),
+                pl.BlockSpec((Lp,), lambda b, h, j: (0,)),
+                full, k_block, k_block, full, full_vec, full_vec],
+      out_specs=[k_block, k_block],
+      out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+      interpret=interpret,
+  )(jnp.asarray(first_q), jnp.asarray(ends), q, k, v, do, lse, delta)
+  return dq, dk, dv
+
+
+_attention_bhlk.defvjp(_fwd_rule, _bwd_rule)
+
+
+def block_sparse_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, patch_nums, *, scale: float = 1.0,
+                           block_q: int = 128, block_k: int = 128,
+                           interpret: bool | None = None):
+  """Scale-causal attention with our Pallas kernels; pads L to the block size internally."""
+  if interpret is None:
+    interpret = jax.default_backend() == "cpu"
+  B, L, H, K = q_BxLxHxK.shape
+  length, lp, _, _, _ = _plan(tuple(patch_nums), block_q, block_k)
+  if length != L:
+    raise ValueError(f"sequence has {L} tokens but the schedule has {length}")
+  if lp % block_q or lp % block_k:
+    raise ValueError("block_q and block_k must divide each other's multiples; use equal "
+                     "sizes or powers of two")
+  pad = lambda x: jnp.pad(x, ((0, 0), (0, lp - L), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+  o = _attention_bhlk(pad(q_BxLxHxK), pad(k_BxLxHxK), pad(v_BxLxHxK), tuple(patch_nums),
+                      float(scale), block_q, block_k, bool(interpret))
+  return o.transpose(0, 2, 1, 3)[:, :L]

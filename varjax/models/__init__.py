@@ -1,0 +1,1 @@
+"""VAR models: scale schedules (tokenizer and transformer arrive with issue 3)."""
