@@ -6,9 +6,8 @@ q and k are L2-normalised and q carries a learned per-head scale, so the softmax
 
 Implementations: `xla` (dense, with the scale mask: the CPU path and the test oracle),
 `cudnn` (`jax.nn.dot_product_attention(implementation="cudnn")`, GPU, bf16/fp16) and
-`pallas` (our block-sparse kernel, `block_sparse.py`; interpret mode on CPU). `splash`
-(TPU splash attention) is issue 5's open work; asking for it says so instead of silently
-falling back.
+`pallas` (our block-sparse kernel, `block_sparse.py`) and `splash` (JAX's TPU splash
+attention with the VAR mask, `splash.py`); both run in interpret mode off their target.
 """
 
 from __future__ import annotations
@@ -19,30 +18,37 @@ import jax.numpy as jnp
 from varjax.kernels import mask as mask_lib
 
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash", "pallas")
-_NOT_YET = ("splash",)
 
 
 def resolve_impl(impl: str, dtype=jnp.float32) -> str:
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f"unknown attention impl {impl!r}; choose from {', '.join(IMPLEMENTATIONS)}")
-  if impl in _NOT_YET:
-    raise ValueError(f"attention impl {impl!r} is not implemented yet (issue 5); use 'xla' "
-                     "or 'auto'")
   if impl == "auto":
-    gpu = jax.default_backend() == "gpu"
+    backend = jax.default_backend()
+    if backend == "tpu":
+      return "splash"
+    gpu = backend == "gpu"
     return "cudnn" if gpu and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "xla"
   return impl
 
 
 def attention(q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, v_BxLxHxK: jax.Array,
-              patch_nums, *, scale: float = 1.0, impl: str = "auto") -> jax.Array:
-  """Scale-causal attention over a full token pyramid; returns o_BxLxHxK."""
+              patch_nums, *, scale: float = 1.0, impl: str = "auto",
+              mesh: jax.sharding.Mesh | None = None) -> jax.Array:
+  """Scale-causal attention over a full token pyramid; returns o_BxLxHxK.
+
+  `mesh` is used by `splash`, which runs under shard_map with heads over `tensor`."""
   length = q_BxLxHxK.shape[1]
   allowed_LxL = mask_lib.dense_mask(patch_nums)
   if allowed_LxL.shape[0] != length:
     raise ValueError(f"sequence has {length} tokens but schedule {tuple(patch_nums)} has "
                      f"{allowed_LxL.shape[0]}")
   impl = resolve_impl(impl, q_BxLxHxK.dtype)
+  if impl == "splash":
+    from varjax.kernels.splash import splash_attention
+    # Splash's key blocks must be multiples of the 128 TPU lanes.
+    return splash_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, patch_nums, scale=scale,
+                            block=128, mesh=mesh)
   if impl == "pallas":
     from varjax.kernels.block_sparse import block_sparse_attention
     block = 128 if length >= 512 else 32 if length >= 64 else 8
