@@ -51,10 +51,11 @@ demo: install
 	echo "      sweep + run registry (issue 6), scaling-law analysis and plots (issue 7)." && \
 	echo "demo: done in $$(( $$(date +%s) - start )) s"
 
-# Each benchmark prints its own side-by-side ratios. Not yet here: attention (issue 5),
-# training throughput and MFU (issue 4), lanes vs sequential runs (issue 6).
+# Each benchmark prints its own side-by-side ratios. Not yet here: training throughput and
+# MFU (issue 4), lanes vs sequential runs (issue 6).
 bench: install
 	$(PY) benchmarks/fit_speed.py
+	$(PY) benchmarks/attention.py
 
 sweep: install
 	@echo "make sweep: sweeps are not implemented yet (issue 6)." >&2; exit 2

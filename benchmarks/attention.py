@@ -1,0 +1,123 @@
+"""Attention implementations side by side on VAR shapes: time, useful TFLOP/s, ratio to xla.
+
+Shapes: VAR-256 (L = 680) and VAR-512 (L = 2240) at the head counts of d16, d24, d30
+(head dim 64). Useful FLOPs count only the unmasked part of the score matrix:
+4 B H K sum_i end(i) for the forward pass (QK^T and PV), 2.5x that for forward + backward.
+
+On CPU, `pallas` and `splash` run in interpret mode: those timings measure the interpreter,
+not the kernels, and are printed only with --interpret (they are slow). On GPU/TPU every
+available implementation is timed.
+
+Usage: python benchmarks/attention.py [--json] [--batch 1] [--repeats 3] [--quick]
+         [--backward] [--interpret] [--impls xla,pallas]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from varjax.kernels import attention as attn
+from varjax.kernels import mask as mask_lib
+from varjax.models import scales
+
+SHAPES = {"VAR-256": scales.SCHEDULES["256"], "VAR-512": scales.SCHEDULES["512"]}
+HEADS = {"d16": 16, "d24": 24, "d30": 30}
+
+
+def available(interpret: bool) -> list[str]:
+  backend = jax.default_backend()
+  impls = ["xla"]
+  if backend == "gpu":
+    impls += ["cudnn", "pallas"]
+  elif backend == "tpu":
+    impls += ["splash", "pallas"]
+  elif interpret:
+    impls += ["pallas", "splash"]
+  return impls
+
+
+def useful_flops(patch_nums, batch: int, heads: int, head_dim: int, backward: bool) -> float:
+  pairs = float(mask_lib.key_prefix_end(patch_nums).sum())
+  forward = 4.0 * batch * heads * head_dim * pairs
+  return forward * (3.5 if backward else 1.0)  # backward ~ 2.5x the forward matmuls
+
+
+def time_impl(impl, patch_nums, batch, heads, dtype, backward, repeats) -> float:
+  length = scales.num_tokens(patch_nums)
+  q, k, v = (jax.random.normal(jax.random.key(i), (batch, length, heads, 64), dtype)
+             for i in range(3))
+  if backward:
+    fn = jax.jit(jax.grad(lambda q, k, v: jnp.sum(
+        attn.attention(q, k, v, patch_nums, impl=impl).astype(jnp.float32)), (0, 1, 2)))
+  else:
+    fn = jax.jit(lambda q, k, v: attn.attention(q, k, v, patch_nums, impl=impl))
+  jax.block_until_ready(fn(q, k, v))  # compile
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(q, k, v))
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--batch", type=int, default=1)
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--dtype", default=None, help="default bf16 on accelerators, fp32 on CPU")
+  parser.add_argument("--backward", action="store_true", help="time forward + backward")
+  parser.add_argument("--interpret", action="store_true",
+                      help="on CPU also time the Pallas kernels in interpret mode")
+  parser.add_argument("--quick", action="store_true", help="VAR-256 at d16 only")
+  parser.add_argument("--impls", default=None, help="comma-separated subset")
+  parser.add_argument("--json", action="store_true")
+  args = parser.parse_args()
+  backend = jax.default_backend()
+  dtype = jnp.dtype(args.dtype or ("float32" if backend == "cpu" else "bfloat16"))
+  impls = args.impls.split(",") if args.impls else available(args.interpret)
+  rows = []
+  for shape, pn in SHAPES.items():
+    for model, heads in HEADS.items():
+      if args.quick and (shape != "VAR-256" or model != "d16"):
+        continue
+      flops = useful_flops(pn, args.batch, heads, 64, args.backward)
+      base = None
+      for impl in impls:
+        try:
+          seconds = time_impl(impl, pn, args.batch, heads, dtype, args.backward, args.repeats)
+        except Exception as e:  # an impl this backend cannot run: report, keep going
+          rows.append({"shape": shape, "model": model, "impl": impl,
+                       "error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"})
+          continue
+        base = seconds if impl == "xla" else base
+        rows.append({"shape": shape, "L": scales.num_tokens(pn), "model": model,
+                     "heads": heads, "impl": impl, "ms": 1e3 * seconds,
+                     "useful_tflops": flops / seconds / 1e12,
+                     "speedup_vs_xla": (base / seconds) if base else None})
+  device = jax.devices()[0].device_kind
+  if args.json:
+    print(json.dumps({"device": device, "backend": backend, "dtype": str(dtype),
+                      "batch": args.batch, "backward": args.backward, "rows": rows}, indent=2))
+    return
+  print(f"attention on {device} ({backend}), {dtype}, batch {args.batch}, "
+        f"{'forward+backward' if args.backward else 'forward'}")
+  print(f"{'shape':8} {'model':5} {'impl':7} {'ms':>10} {'TFLOP/s':>9} {'vs xla':>7}")
+  for r in rows:
+    if "error" in r:
+      print(f"{r['shape']:8} {r['model']:5} {r['impl']:7} unavailable: {r['error']}")
+      continue
+    ratio = f"{r['speedup_vs_xla']:.2f}x" if r["speedup_vs_xla"] else "-"
+    print(f"{r['shape']:8} {r['model']:5} {r['impl']:7} {r['ms']:10.2f} "
+          f"{r['useful_tflops']:9.4f} {ratio:>7}")
+  if backend == "cpu" and any(r["impl"] != "xla" for r in rows):
+    print("note: pallas/splash ran in interpret mode; these are not kernel speeds")
+
+
+if __name__ == "__main__":
+  main()
