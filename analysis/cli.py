@@ -88,11 +88,7 @@ def parse_at(specs: list[str]) -> list[dict[str, float]]:
 # ---------------------------------------------------------------- fitting
 
 def allocation_of(fit: Fit) -> compute_optimal.Allocation:
-  p = fit.params
-  if fit.law.name == "overtrain":  # alpha = beta = 2 eta, A = a 6^-eta, B = b 6^-eta
-    eta = p["eta"]
-    p = {"A": p["a"] * 6 ** -eta, "B": p["b"] * 6 ** -eta, "alpha": 2 * eta, "beta": 2 * eta}
-  return compute_optimal.chinchilla_allocation(p)
+  return compute_optimal.allocation_for(fit.law.name, fit.params)
 
 
 def extrapolation(fit: Fit, point: dict[str, float]) -> dict:
@@ -131,12 +127,7 @@ def fit_report(law_name: str, inputs, y, args) -> tuple[Fit, Bootstrap | None, d
   if args.bootstrap:
     boot = bootstrap(fit, args.bootstrap, seed=args.seed)
     report["intervals_95"] = {k: list(v) for k, v in boot.intervals().items()}
-    a_samples = []
-    for theta in boot.thetas_KxP:
-      try:
-        a_samples.append(allocation_of(Fit(**{**fit.__dict__, "theta": theta})).a)
-      except AnalysisError:
-        pass
+    a_samples = [alloc.a for _, alloc in boot.allocations()]
     if a_samples:
       report["intervals_95"]["allocation_a"] = [float(np.percentile(a_samples, 2.5)),
                                                 float(np.percentile(a_samples, 97.5))]

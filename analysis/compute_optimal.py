@@ -52,6 +52,17 @@ def chinchilla_allocation(params: dict, flops_per_param_token: float = 6.0) -> A
                     flops_per_param_token=flops_per_param_token)
 
 
+def allocation_for(law_name: str, params: dict,
+                   flops_per_param_token: float = 6.0) -> Allocation:
+  """Approach 3 for a fitted L(N, D) law: Chinchilla directly; the over-training form
+  through its Chinchilla equivalent (alpha = beta = 2 eta, A = a 6^-eta, B = b 6^-eta)."""
+  if law_name == "overtrain":
+    eta = params["eta"]
+    params = {"A": params["a"] * 6 ** -eta, "B": params["b"] * 6 ** -eta,
+              "alpha": 2 * eta, "beta": 2 * eta}
+  return chinchilla_allocation(params, flops_per_param_token)
+
+
 def _power_fit(flops: np.ndarray, n_opt: np.ndarray, k: float) -> Allocation:
   if len(flops) < 2:
     raise AnalysisError("need compute-optimal points at two or more budgets")

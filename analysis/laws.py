@@ -41,6 +41,7 @@ class Law:
   log_predict: Callable[[jax.Array, Features], jax.Array]
   public: Callable[[np.ndarray], dict[str, float]]
   start_grid: Callable[[], np.ndarray]
+  positive_inputs: tuple[str, ...] | None = None  # None: every input must be > 0
 
   @property
   def num_params(self) -> int:
@@ -183,6 +184,7 @@ ANNEALING = Law(
                       "alpha": float(t[2]), "C": float(t[3])},
     start_grid=lambda: _grid(log_L0=np.arange(-1, 2.0, 0.5), log_A=np.arange(-2, 2.5, 1.0),
                              alpha=np.arange(0.1, 1.2, 0.2), C=np.array([0.0, 0.1, 0.5, 2.0])),
+    positive_inputs=("S1",),  # S2 is 0 until the learning rate first decreases
 )
 
 

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from analysis.compute_optimal import IsoFlopMinima  # noqa: E402
+from analysis.compute_optimal import IsoFlopMinima, allocation_for  # noqa: E402
 from analysis.fitting import Fit  # noqa: E402
 from analysis.uncertainty import Backtest, Bootstrap  # noqa: E402
 
@@ -23,10 +23,8 @@ def _save(fig, path: str) -> str:
   return path
 
 
-def _allocation(fit: Fit, theta=None):
-  from analysis.cli import allocation_of
-  f = fit if theta is None else Fit(**{**fit.__dict__, "theta": theta})
-  return allocation_of(f)
+def _allocation(fit: Fit):
+  return allocation_for(fit.law.name, fit.params)
 
 
 def loss_vs_compute(fit: Fit, boot: Bootstrap | None, path: str, extend: float = 100.0) -> str:
@@ -41,13 +39,8 @@ def loss_vs_compute(fit: Fit, boot: Bootstrap | None, path: str, extend: float =
   frontier = fit.predict({"N": alloc.n_opt(grid), "D": alloc.d_opt(grid)})
   ax.plot(grid, frontier, "k-", lw=1.5, label=f"{fit.law.name} frontier")
   if boot is not None:
-    curves = []
-    for theta in boot.thetas_KxP:
-      try:
-        a = _allocation(fit, theta)
-      except ValueError:
-        continue
-      curves.append(fit.law.predict(theta, {"N": a.n_opt(grid), "D": a.d_opt(grid)}))
+    curves = [fit.law.predict(theta, {"N": a.n_opt(grid), "D": a.d_opt(grid)})
+              for theta, a in boot.allocations()]
     if curves:
       lo, hi = np.percentile(np.array(curves), [2.5, 97.5], axis=0)
       ax.fill_between(grid, lo, hi, color="k", alpha=0.15, label="95% band (bootstrap)")
@@ -67,13 +60,7 @@ def allocation_plot(fit: Fit, boot: Bootstrap | None, path: str, extend: float =
                            (alloc.d_opt, f"D_opt ~ C^{alloc.b:.3f}", "C1")):
     ax.plot(grid, fn(grid), color=color, label=label)
   if boot is not None:
-    samples = []
-    for theta in boot.thetas_KxP:
-      try:
-        a = _allocation(fit, theta)
-      except ValueError:
-        continue
-      samples.append((a.n_opt(grid), a.d_opt(grid)))
+    samples = [(a.n_opt(grid), a.d_opt(grid)) for _, a in boot.allocations()]
     if samples:
       arr = np.array(samples)
       for i, color in ((0, "C0"), (1, "C1")):

@@ -18,6 +18,7 @@ from typing import Mapping
 
 import numpy as np
 
+from analysis.compute_optimal import Allocation, allocation_for
 from analysis.fitting import Fit, fit_law, minimize_law
 from analysis.validate import AnalysisError
 
@@ -36,6 +37,16 @@ class Bootstrap:
     lo, hi = 50 * (1 - level), 50 * (1 + level)
     return {k: (float(np.percentile(v, lo)), float(np.percentile(v, hi)))
             for k, v in self.param_samples().items()}
+
+  def allocations(self) -> list[tuple[np.ndarray, Allocation]]:
+    """(theta, compute-optimal allocation) of every replicate that has one."""
+    out = []
+    for theta in self.thetas_KxP:
+      try:
+        out.append((theta, allocation_for(self.fit.law.name, self.fit.law.public(theta))))
+      except AnalysisError:  # a replicate with a non-positive exponent has no optimum
+        pass
+    return out
 
   def predict_samples(self, inputs: Mapping[str, np.ndarray], with_residuals: bool = True
                       ) -> np.ndarray:

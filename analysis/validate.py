@@ -28,7 +28,7 @@ def check_fit_data(law, inputs: Mapping[str, np.ndarray], y: np.ndarray) -> None
   for role in law.inputs:
     if len(inputs[role]) != n:
       raise AnalysisError(f"{role} has {len(inputs[role])} values but the target has {n}")
-    if law.name != "lr_annealing" or role == "S1":
+    if law.positive_inputs is None or role in law.positive_inputs:
       check_positive_finite(role, inputs[role])
   check_positive_finite("the target", y)
   if n <= law.num_params:
