@@ -178,3 +178,17 @@ def test_splash_head_sharded_on_8_devices_matches_xla():
   out = subprocess.run([sys.executable, "-c", _SHARDED], capture_output=True, text=True,
                        env=env, timeout=300)
   assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+
+
+def test_pallas_kernel_under_the_tpu_interpreter():
+  from jax.experimental.pallas import tpu as pltpu
+  from varjax.kernels.block_sparse import block_sparse_attention
+  pn = (1, 2, 3, 4, 5, 6, 8)
+  q, k, v = (jax.random.normal(jax.random.key(i), (1, 155, 2, 64)) for i in range(3))
+  run = lambda q, k, v: block_sparse_attention(q, k, v, pn, block_q=128, block_k=128,
+                                               interpret=pltpu.InterpretParams())
+  loss = lambda fn: lambda q, k, v: jnp.sum(fn(q, k, v) ** 2)
+  ref = lambda q, k, v: attn.attention(q, k, v, pn, impl="xla")
+  assert _max_rel_err(run(q, k, v), ref(q, k, v)) <= 1e-5
+  for g, r in zip(jax.grad(loss(run), (0, 1, 2))(q, k, v), jax.grad(loss(ref), (0, 1, 2))(q, k, v)):
+    assert _max_rel_err(g, r) <= 1e-5

@@ -9,7 +9,8 @@ backward kernels (dq per query block; dk, dv per key block over the query blocks
 it). Padded queries have end 0: they see nothing and produce 0.
 
 Layout inside the kernels is B H L K; the public function takes B L H K like the rest.
-Runs on CPU with `interpret=True` (the test suite); on TPU/GPU it compiles through Pallas.
+Runs on CPU with `interpret=True` or under the TPU interpreter (`pltpu.InterpretParams`),
+both in the test suite; it has not yet been compiled by Mosaic or Triton on real hardware.
 """
 
 from __future__ import annotations
@@ -191,8 +192,11 @@ _attention_bhlk.defvjp(_fwd_rule, _bwd_rule)
 
 def block_sparse_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, patch_nums, *, scale: float = 1.0,
                            block_q: int = 128, block_k: int = 128,
-                           interpret: bool | None = None):
-  """Scale-causal attention with our Pallas kernels; pads L to the block size internally."""
+                           interpret=None):
+  """Scale-causal attention with our Pallas kernels; pads L to the block size internally.
+
+  `interpret`: None (interpret on CPU only), a bool, or `pltpu.InterpretParams()` to run
+  the kernels in JAX's TPU interpreter, which follows Mosaic's memory semantics."""
   if interpret is None:
     interpret = jax.default_backend() == "cpu"
   B, L, H, K = q_BxLxHxK.shape
@@ -204,5 +208,5 @@ def block_sparse_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, patch_nums, *, scale
                      "sizes or powers of two")
   pad = lambda x: jnp.pad(x, ((0, 0), (0, lp - L), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
   o = _attention_bhlk(pad(q_BxLxHxK), pad(k_BxLxHxK), pad(v_BxLxHxK), tuple(patch_nums),
-                      float(scale), block_q, block_k, bool(interpret))
+                      float(scale), block_q, block_k, interpret)
   return o.transpose(0, 2, 1, 3)[:, :L]
