@@ -93,10 +93,12 @@ def allocation_of(fit: Fit) -> compute_optimal.Allocation:
 
 def extrapolation(fit: Fit, point: dict[str, float]) -> dict:
   """How far outside the fitted range a point is, per input (1 = inside)."""
+  values = {role: (fit.inputs[role], point[role]) for role in fit.law.inputs}
+  if {"N", "D"} <= set(values):  # compute can be out of range while N and D are not
+    values["C"] = (6 * fit.inputs["N"] * fit.inputs["D"], 6 * point["N"] * point["D"])
   out = {}
-  for role in fit.law.inputs:
-    lo, hi = fit.inputs[role].min(), fit.inputs[role].max()
-    v = point[role]
+  for role, (fitted, v) in values.items():
+    lo, hi = fitted.min(), fitted.max()
     out[role] = float(v / hi if v > hi else (lo / v if v < lo else 1.0))
   out["beyond_fitted_range"] = any(v > 1.0 for v in out.values())
   return out
@@ -271,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
   fc.add_argument("--at", action="append", default=[], metavar="N=..,D=..")
   fc.add_argument("--flops", action="append", type=float, default=[],
                   help="compute-optimal forecast at this FLOP budget (repeatable)")
-  fc.set_defaults(func=cmd_forecast)
+  fc.set_defaults(func=cmd_forecast, no_backtest=True)
   plan = sub.add_parser("plan", help="N_opt, D_opt, loss/FID and wall time for a budget")
   _data_args(plan)
   plan.add_argument("--flops", dest="plan_flops", type=float, required=True)
@@ -286,8 +288,6 @@ def build_parser() -> argparse.ArgumentParser:
   rep.add_argument("--law", choices=LND, default="chinchilla")
   rep.add_argument("--out", default="reports/analysis")
   rep.set_defaults(func=cmd_report, no_backtest=False)
-  for p in (fc,):
-    p.set_defaults(no_backtest=True)
   return parser
 
 
@@ -303,6 +303,8 @@ def _print(report: dict, as_json: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+  import warnings
+  warnings.formatwarning = lambda message, *_, **__: f"analysis: warning: {message}\n"
   args = build_parser().parse_args(argv)
   try:
     report = args.func(args)

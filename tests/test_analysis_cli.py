@@ -116,6 +116,8 @@ def test_plan_allocates_the_budget_and_times_it(tmp_path):
   assert 6 * plan["N_opt"] * plan["D_opt"] == pytest.approx(1e21)
   assert plan["wall_time_hours"] == pytest.approx(1e21 / (PEAK_FLOPS["tpu-v5p"] * 0.5 * 64) / 3600)
   assert plan["extrapolation"]["beyond_fitted_range"]
+  largest = synthetic_table()["flops"].max()
+  assert plan["extrapolation"]["C"] == pytest.approx(1e21 / largest)
   lo, hi = plan["loss_interval_95"]
   assert lo < plan["loss"] < hi
 
