@@ -34,7 +34,7 @@ def read_table(args) -> pd.DataFrame:
     try:
       table = pd.read_csv(args.csv)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-      raise AnalysisError(f"{args.csv} is not a readable CSV: {str(e).splitlines()[0]}")
+      raise AnalysisError(f"{args.csv} is not a readable CSV: {str(e).splitlines()[0]}") from None
   else:
     from analysis.runs import load_runs
     table = load_runs(args.runs)

@@ -222,14 +222,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     args = typing.get_args(tp)
     if value is None and type(None) in args:
       return None
-    errors = []
     for arg in args:
       if arg is type(None):
         continue
       try:
         return _coerce(value, arg, key)
-      except ConfigError as e:
-        errors.append(e)
+      except ConfigError:
+        pass  # try the next member of the union; report the whole union below
     raise ConfigError(key, f"expected {_type_name(tp)}, got {value!r}")
   if origin is Literal:
     if value in typing.get_args(tp):
