@@ -1,7 +1,7 @@
 """Typed, frozen run configs with dotted command-line overrides.
 
-One vocabulary for every command: a `Config` has the sections `model`, `data`, `optim`,
-`mesh` and `run`. A config is built from defaults, then a YAML/JSON file, then dotted
+One vocabulary for every command: a `Config` has the sections `model`, `tokenizer`,
+`data`, `optim`, `mesh` and `run`. A config is built from defaults, then a YAML/JSON file, then dotted
 overrides (`--model.depth=4 --data.dataset=embedded64`), and is saved with every run
 (`config.json`). Every mistake -- unknown key, wrong type, impossible value -- raises
 `ConfigError` whose message names the dotted key; the CLI prints it as one line.
@@ -82,6 +82,40 @@ class ModelConfig:
   @property
   def num_tokens(self) -> int:
     return sum(p * p for p in self.patch_nums)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerConfig:
+  """VAR's multi-scale residual VQ-VAE (varjax.models.vqvae); scales are `model.patch_nums`.
+
+  Defaults are VAR's released tokenizer (ch 160, V 4096, z 32, 16x downsampling, 256 px).
+  The downsampling factor is 2 ** (len(ch_mult) - 1): image side / factor must equal the
+  last grid size of the schedule.
+  """
+  ch: int = 160
+  ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+  num_res_blocks: int = 2
+  vocab_size: int = 4096
+  latent_channels: int = 32
+  beta: float = 0.25  # commitment weight
+  quant_resi: float = 0.5  # Phi(h) = (1 - r) h + r conv3x3(h)
+  share_quant_resi: int = 4  # number of Phi convs shared across the scales by nearest tick
+  using_sa: bool = True  # self-attention at the lowest resolution of the encoder/decoder
+  using_mid_sa: bool = True  # self-attention in the middle block
+  dropout: float = 0.0
+
+  def __post_init__(self):
+    for key in ("ch", "num_res_blocks", "vocab_size", "latent_channels", "share_quant_resi"):
+      _check(getattr(self, key) >= 1, f"tokenizer.{key}", "must be >= 1")
+    _check(len(self.ch_mult) >= 1 and all(m >= 1 for m in self.ch_mult), "tokenizer.ch_mult",
+           "must be a non-empty list of positive multipliers")
+    _check(self.beta >= 0, "tokenizer.beta", "must be >= 0")
+    _check(0 <= self.quant_resi <= 1, "tokenizer.quant_resi", "must be in [0, 1]")
+    _check(0 <= self.dropout < 1, "tokenizer.dropout", "must be in [0, 1)")
+
+  @property
+  def downsample(self) -> int:
+    return 2 ** (len(self.ch_mult) - 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +214,7 @@ class RunConfig:
 @dataclasses.dataclass(frozen=True)
 class Config:
   model: ModelConfig = ModelConfig()
+  tokenizer: TokenizerConfig = TokenizerConfig()
   data: DataConfig = DataConfig()
   optim: OptimConfig = OptimConfig()
   mesh: MeshConfig = MeshConfig()
