@@ -46,12 +46,32 @@ def _cmd_data_preview(args) -> None:
 
 def _cmd_config_show(args) -> None:
   import yaml
-  from varjax import config
-  base = {"model": config.model_overrides(args.model)} if args.model else None
-  cfg = config.load_config(args.config, args.overrides, base=base)
-  values = cfg.to_dict()
+  values = _model_config(args).to_dict()
   print(json.dumps(values, indent=2) if args.json else yaml.safe_dump(values, sort_keys=False),
         end="")
+
+
+def _model_config(args):
+  """`--model var-dN` <- `--config FILE` <- dotted overrides -> Config."""
+  from varjax import config
+  base = {"model": config.model_overrides(args.model)} if args.model else None
+  return config.load_config(args.config, args.overrides, base=base)
+
+
+def _cmd_params(args) -> None:
+  from varjax.models import var
+  cfg = _model_config(args).model
+  counts = var.count_params(cfg)
+  if args.json:
+    print(json.dumps({"model": cfg.name, "patch_nums": list(cfg.patch_nums),
+                      "vocab_size": cfg.vocab_size, "num_classes": cfg.num_classes,
+                      **counts}, indent=2))
+    return
+  print(f"{cfg.name}: width {cfg.resolved_width}, {cfg.resolved_heads} heads, "
+        f"{cfg.num_tokens} tokens {list(cfg.patch_nums)}, V {cfg.vocab_size}, "
+        f"{cfg.num_classes} classes")
+  for key, value in counts.items():
+    print(f"  {key:<14}{value:>16,}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,6 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
   show.add_argument("--model", default=None, help="model name, e.g. var-d16")
   show.add_argument("--json", action="store_true")
   show.set_defaults(func=_cmd_config_show, takes_overrides=True)
+
+  params = commands.add_parser(
+      "params", help="parameter count of a VAR model, total and by group",
+      epilog="overrides: --section.key=value, e.g. --model.patch_nums=1,2,3,4")
+  params.add_argument("--model", default="var-d16", help="var-d<depth> (default: var-d16)")
+  params.add_argument("--config", default=None, help="YAML or JSON config file")
+  params.add_argument("--json", action="store_true")
+  params.set_defaults(func=_cmd_params, takes_overrides=True)
   return parser
 
 

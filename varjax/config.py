@@ -83,6 +83,11 @@ class ModelConfig:
   def num_tokens(self) -> int:
     return sum(p * p for p in self.patch_nums)
 
+  @property
+  def first_tokens(self) -> int:
+    """Tokens of the first scale, all start tokens (1 in VAR's schedules)."""
+    return self.patch_nums[0] ** 2
+
 
 @dataclasses.dataclass(frozen=True)
 class TokenizerConfig:

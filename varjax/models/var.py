@@ -63,10 +63,11 @@ def _param(module: nn.Module, name: str, init, shape: Sequence[int], axes: tuple
   return module.param(name, nn.with_logical_partitioning(init, axes), tuple(shape), jnp.float32)
 
 
-def _scaled_normal(std: float, row_scales: Sequence[float]):
-  """Normal(std) with slice i of axis 1 multiplied by row_scales[i] (AdaLN gates)."""
+def _scaled_normal(std: float, row_scales: Sequence[float], axis: int = 1):
+  """Normal(std) with slice i of `axis` multiplied by row_scales[i] (AdaLN gates)."""
   def init(key, shape, dtype=jnp.float32):
-    factors = jnp.asarray(row_scales, dtype).reshape((1, -1) + (1,) * (len(shape) - 2))
+    factors = jnp.asarray(row_scales, dtype).reshape(
+        (1,) * axis + (-1,) + (1,) * (len(shape) - axis - 1))
     return jax.random.normal(key, shape, dtype) * std * factors
   return init
 
@@ -194,7 +195,7 @@ class Block(nn.Module):
     c = cfg.resolved_width
     gates = (INIT_ADALN_GAMMA,) * 2 + (INIT_ADALN,) * 4
     if cfg.shared_aln:
-      offset_6xC = _param(self, "ada_gss", _scaled_normal(1.0 / math.sqrt(c), gates), (6, c),
+      offset_6xC = _param(self, "ada_gss", _scaled_normal(1.0 / math.sqrt(c), gates, axis=0), (6, c),
                           (None, "adaln"))
       ada_Bx6xC = cond_BxC + offset_6xC
     else:
@@ -215,8 +216,8 @@ class Block(nn.Module):
 
 class VAR(nn.Module):
   """`var-d{depth}` over `cfg.patch_nums`. Call: logits_BxLxV = VAR(cfg).apply(params,
-  labels_B, x_BxLm1xCv, train=..., rngs={"dropout": key}) where x holds the teacher-forced
-  inputs of scales 1.. (L - 1 tokens; VAR's `x_BLCv_wo_first_l`)."""
+  labels_B, x_BxLrxCv, train=..., rngs={"dropout": key}) where x holds the teacher-forced
+  inputs of scales 1.. (Lr = L - first_tokens; VAR's `x_BLCv_wo_first_l`)."""
   cfg: ModelConfig
 
   def setup(self):
@@ -227,7 +228,7 @@ class VAR(nn.Module):
     self.word_embed = Linear((c,), ("latent", "embed"), std, name="word_embed")
     self.class_emb = _param(self, "class_emb", normal, (cfg.num_classes + 1, c),
                             ("classes", "embed"))
-    self.pos_start = _param(self, "pos_start", normal, (1, c), (None, "embed"))
+    self.pos_start = _param(self, "pos_start", normal, (cfg.first_tokens, c), (None, "embed"))
     self.pos_1LC = _param(self, "pos_1LC", normal, (cfg.num_tokens, c), ("length", "embed"))
     self.lvl_embed = _param(self, "lvl_embed", normal, (len(cfg.patch_nums), c),
                             (None, "embed"))
@@ -262,7 +263,7 @@ class VAR(nn.Module):
     bounds = scales.boundaries(self.cfg.patch_nums)
     lo, hi = int(bounds[index]), int(bounds[index + 1])
     if index == 0:
-      h = (cond_BxC + self.pos_start)[:, None, :]
+      h = cond_BxC[:, None, :] + self.pos_start
     else:
       h = self.word_embed(x_BxSxCv.astype(jnp.float32))
     return h + self._position(lo, hi)
@@ -283,29 +284,29 @@ class VAR(nn.Module):
     logits_BxLxV = nn.with_logical_constraint(logits_BxLxV, ("batch", "length", "vocab"))
     return logits_BxLxV, (None if kv_caches is None else new_caches)
 
-  def __call__(self, labels_B, x_BxLm1xCv, train: bool = False):
+  def __call__(self, labels_B, x_BxLrxCv, train: bool = False):
     cfg = self.cfg
-    check_input_shapes(cfg, labels_B, x_BxLm1xCv)
+    check_input_shapes(cfg, labels_B, x_BxLrxCv)
     cond_BxC = self.condition(labels_B, train)
     bounds = scales.boundaries(cfg.patch_nums)
     h = [self.embed_scale(0, cond_BxC)]
-    if cfg.num_tokens > 1:
-      h.append(self.word_embed(x_BxLm1xCv.astype(jnp.float32))
+    if cfg.num_tokens > cfg.first_tokens:
+      h.append(self.word_embed(x_BxLrxCv.astype(jnp.float32))
                + self._position(int(bounds[1]), cfg.num_tokens))
     logits_BxLxV, _ = self.blocks_and_head(jnp.concatenate(h, axis=1), cond_BxC, train)
     return logits_BxLxV
 
 
-def check_input_shapes(cfg: ModelConfig, labels_B, x_BxLm1xCv) -> None:
+def check_input_shapes(cfg: ModelConfig, labels_B, x_BxLrxCv) -> None:
   """Shape errors name what was expected (static, so they work under jit)."""
-  want = (cfg.num_tokens - 1, cfg.latent_channels)
-  if x_BxLm1xCv.ndim != 3 or tuple(x_BxLm1xCv.shape[1:]) != want:
+  want = (cfg.num_tokens - cfg.first_tokens, cfg.latent_channels)
+  if x_BxLrxCv.ndim != 3 or tuple(x_BxLrxCv.shape[1:]) != want:
     raise ValueError(
-        f"teacher-forced input has shape {tuple(x_BxLm1xCv.shape)}; schedule "
+        f"teacher-forced input has shape {tuple(x_BxLrxCv.shape)}; schedule "
         f"{list(cfg.patch_nums)} with {cfg.latent_channels} latent channels needs "
         f"[batch, {want[0]}, {want[1]}]")
-  if jnp.ndim(labels_B) != 1 or jnp.shape(labels_B)[0] != x_BxLm1xCv.shape[0]:
-    raise ValueError(f"labels have shape {jnp.shape(labels_B)}; expected [{x_BxLm1xCv.shape[0]}]")
+  if jnp.ndim(labels_B) != 1 or jnp.shape(labels_B)[0] != x_BxLrxCv.shape[0]:
+    raise ValueError(f"labels have shape {jnp.shape(labels_B)}; expected [{x_BxLrxCv.shape[0]}]")
 
 
 def check_labels(labels_B, num_classes: int, allow_null: bool = False) -> np.ndarray:
@@ -320,3 +321,39 @@ def check_labels(labels_B, num_classes: int, allow_null: bool = False) -> np.nda
     raise VarjaxError(f"label {int(bad[0])} is out of range: the model has {num_classes} "
                       f"classes (0..{num_classes - 1})")
   return labels.astype(np.int32)
+
+
+def param_shapes(cfg: ModelConfig):
+  """Parameter shapes (no memory allocated), as an unboxed tree."""
+  model = VAR(cfg)
+  labels = jnp.zeros((1,), jnp.int32)
+  x = jnp.zeros((1, cfg.num_tokens - cfg.first_tokens, cfg.latent_channels), jnp.float32)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), labels, x))
+  return nn.unbox(shapes)["params"]
+
+
+def count_params(cfg: ModelConfig) -> dict[str, int]:
+  """Parameter counts by group, for the two conventions scaling-law papers use.
+
+  total: every parameter (VAR's published counts); embedding: class, start, position and
+  level embeddings plus word_embed; adaln: AdaLN Linears (per block, shared, before the
+  head), which act once per image, not per token; head: the Linear C -> V;
+  attention / mlp: the blocks' attention and MLP; non_embedding: total - embedding;
+  per_token: the parameters multiplied per token (word_embed, attention, MLP, head)."""
+  tree = param_shapes(cfg)
+  size = lambda t: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(t))
+  blocks = [tree[f"blocks_{i}"] for i in range(cfg.depth)]
+  counts = {
+      "total": size(tree),
+      "embedding": size([tree[k] for k in ("word_embed", "class_emb", "pos_start", "pos_1LC",
+                                            "lvl_embed")]),
+      "attention": size([b["attn"] for b in blocks]),
+      "mlp": size([b["ffn"] for b in blocks]),
+      "adaln": size([tree["head_nm"], tree.get("shared_ada_lin", {})]
+                    + [{k: v for k, v in b.items() if k.startswith("ada_")} for b in blocks]),
+      "head": size(tree["head"]),
+  }
+  counts["non_embedding"] = counts["total"] - counts["embedding"]
+  counts["per_token"] = (size(tree["word_embed"]) + counts["attention"] + counts["mlp"]
+                         + counts["head"])
+  return counts
