@@ -111,3 +111,101 @@ def test_bad_checkpoints_fail_clearly(tmp_path):
     convert.convert_var({"foo.weight": np.zeros(3)})
   with pytest.raises(VarjaxError, match="checkpoint not found"):
     convert.load_state_dict(str(tmp_path / "missing.pth"))
+
+
+def torch_layout_vqvae(cfg, seed=0):
+  """Random weights under the reference VQVAE's names (taming's Encoder/Decoder), written
+  from its module structure, independently of our parameter tree."""
+  rng = np.random.default_rng(seed)
+  sd = {}
+  def conv(name, cin, cout, k):
+    sd[name + ".weight"] = rng.normal(scale=0.1, size=(cout, cin, k, k)).astype(np.float32)
+    sd[name + ".bias"] = rng.normal(scale=0.1, size=cout).astype(np.float32)
+  def norm(name, ch):
+    sd[name + ".weight"] = 1 + rng.normal(scale=0.1, size=ch).astype(np.float32)
+    sd[name + ".bias"] = rng.normal(scale=0.1, size=ch).astype(np.float32)
+  def resnet(name, cin, cout):
+    norm(name + ".norm1", cin), conv(name + ".conv1", cin, cout, 3)
+    norm(name + ".norm2", cout), conv(name + ".conv2", cout, cout, 3)
+    if cin != cout:
+      conv(name + ".nin_shortcut", cin, cout, 1)
+  def attn(name, ch):
+    norm(name + ".norm", ch), conv(name + ".qkv", ch, 3 * ch, 1), conv(name + ".proj_out", ch, ch, 1)
+  levels, z = len(cfg.ch_mult), cfg.latent_channels
+  conv("encoder.conv_in", 3, cfg.ch, 3)
+  cin = cfg.ch
+  for lv, m in enumerate(cfg.ch_mult):
+    for i in range(cfg.num_res_blocks):
+      resnet(f"encoder.down.{lv}.block.{i}", cin, cfg.ch * m)
+      cin = cfg.ch * m
+      if lv == levels - 1 and cfg.using_sa:
+        attn(f"encoder.down.{lv}.attn.{i}", cin)
+    if lv != levels - 1:
+      conv(f"encoder.down.{lv}.downsample.conv", cin, cin, 3)
+  for prefix in ("encoder", "decoder"):
+    top = cfg.ch * cfg.ch_mult[-1]
+    resnet(f"{prefix}.mid.block_1", top, top), resnet(f"{prefix}.mid.block_2", top, top)
+    if cfg.using_mid_sa:
+      attn(f"{prefix}.mid.attn_1", top)
+  norm("encoder.norm_out", cin), conv("encoder.conv_out", cin, z, 3)
+  conv("decoder.conv_in", z, cfg.ch * cfg.ch_mult[-1], 3)
+  cin = cfg.ch * cfg.ch_mult[-1]
+  for lv in reversed(range(levels)):
+    for i in range(cfg.num_res_blocks + 1):
+      resnet(f"decoder.up.{lv}.block.{i}", cin, cfg.ch * cfg.ch_mult[lv])
+      cin = cfg.ch * cfg.ch_mult[lv]
+      if lv == levels - 1 and cfg.using_sa:
+        attn(f"decoder.up.{lv}.attn.{i}", cin)
+    if lv != 0:
+      conv(f"decoder.up.{lv}.upsample.conv", cin, cin, 3)
+  norm("decoder.norm_out", cin), conv("decoder.conv_out", cin, 3, 3)
+  conv("quant_conv", z, z, 3), conv("post_quant_conv", z, z, 3)
+  sd["quantize.embedding.weight"] = rng.normal(size=(cfg.vocab_size, z)).astype(np.float32)
+  for k in range(cfg.share_quant_resi):
+    conv(f"quantize.quant_resi.qresi_ls.{k}", z, z, 3)
+  sd["quantize.ema_vocab_hit_SV"] = np.zeros((4, cfg.vocab_size), np.float32)
+  return sd
+
+
+def _torch_conv2d(x_CHW, w_OIHW, b, stride=1, pad=(1, 1, 1, 1)):
+  """PyTorch's conv2d (cross-correlation) written out; pad = (top, bottom, left, right)."""
+  x = np.pad(x_CHW, ((0, 0), pad[:2], pad[2:]))
+  o, _, kh, kw = w_OIHW.shape
+  hout = (x.shape[1] - kh) // stride + 1
+  wout = (x.shape[2] - kw) // stride + 1
+  out = np.zeros((o, hout, wout))
+  for i in range(hout):
+    for j in range(wout):
+      patch = x[:, i * stride:i * stride + kh, j * stride:j * stride + kw]
+      out[:, i, j] = np.einsum("ihw,oihw->o", patch, w_OIHW) + b
+  return out
+
+
+def test_converted_vqvae_uses_every_weight_and_matches_torch_convs():
+  from varjax.config import TokenizerConfig
+  from varjax.models import vqvae
+  cfg = TokenizerConfig(ch=16, ch_mult=(1, 2), num_res_blocks=1, vocab_size=11,
+                        latent_channels=4, using_sa=True, using_mid_sa=True)
+  sd = torch_layout_vqvae(cfg)
+  params = convert.convert_vqvae(sd, cfg, (1, 2, 4))
+  model = vqvae.build(cfg, (1, 2, 4))
+  img = np.random.default_rng(3).uniform(-1, 1, size=(1, 8, 8, 3)).astype(np.float32)
+  ours = model.apply({"params": params}, jnp.asarray(img), method=vqvae.VQVAE.encode)
+  assert ours.shape == (1, 4, 4, 4)
+  # The encoder's conv_in and the first downsampling conv, written out on the torch layout.
+  x = img[0].transpose(2, 0, 1).astype(np.float64)
+  first = _torch_conv2d(x, sd["encoder.conv_in.weight"], sd["encoder.conv_in.bias"])
+  got = vqvae.conv3x3(16).apply({"params": params["encoder"]["conv_in"]}, jnp.asarray(img))
+  np.testing.assert_allclose(np.asarray(got)[0].transpose(2, 0, 1), first, atol=1e-4)
+  down = _torch_conv2d(first, sd["encoder.down.0.downsample.conv.weight"],
+                       sd["encoder.down.0.downsample.conv.bias"], stride=2, pad=(0, 1, 0, 1))
+  w = jnp.asarray(params["encoder"]["down0_downsample"]["conv"]["kernel"])
+  b = jnp.asarray(params["encoder"]["down0_downsample"]["conv"]["bias"])
+  got = vqvae.Downsample().apply({"params": {"conv": {"kernel": w, "bias": b}}},
+                                 jnp.asarray(first.transpose(1, 2, 0)[None], jnp.float32))
+  np.testing.assert_allclose(np.asarray(got)[0].transpose(2, 0, 1), down, atol=1e-4)
+  # A weight the config has no place for is an error, not silently dropped.
+  with pytest.raises(VarjaxError, match="no place"):
+    convert.convert_vqvae({**sd, "encoder.extra.weight": np.zeros(3)}, cfg, (1, 2, 4))
+  with pytest.raises(VarjaxError, match="has no"):
+    convert.convert_vqvae({k: v for k, v in sd.items() if "conv_out" not in k}, cfg, (1, 2, 4))

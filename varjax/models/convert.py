@@ -124,3 +124,70 @@ def convert_var(sd: StateDict, patch_nums=config_lib.VAR_256_PATCH_NUMS):
       block["ada_lin"] = _linear(sd, p + "ada_lin.1", (6, c))
     params[f"blocks_{i}"] = block
   return cfg, {"params": params}
+
+
+# ------------------------------------------------------------------ tokenizer
+
+def _vqvae_module_name(part: str) -> str:
+  """One level of our VQVAE param path -> the reference's module path."""
+  if m := re.fullmatch(r"(down|up)(\d+)_(block|attn)(\d+)", part):
+    return f"{m[1]}.{m[2]}.{m[3]}.{m[4]}"
+  if m := re.fullmatch(r"(down|up)(\d+)_(downsample|upsample)", part):
+    return f"{m[1]}.{m[2]}.{m[3]}"
+  if m := re.fullmatch(r"phi(\d+)", part):
+    return f"quant_resi.qresi_ls.{m[1]}"
+  return {"mid_block1": "mid.block_1", "mid_block2": "mid.block_2", "mid_attn": "mid.attn_1",
+          # inside a ResnetBlock / AttnBlock (flax's automatic names, in call order)
+          "GroupNorm_0": "norm1", "Conv_0": "conv1", "GroupNorm_1": "norm2",
+          "Conv_1": "conv2"}.get(part, part)
+
+
+def _vqvae_torch_key(path: tuple[str, ...]) -> str:
+  *modules, leaf = path
+  if modules[-1] == "conv" and modules[-2].startswith("phi"):
+    modules = modules[:-1]  # our Phi wraps its conv; the reference's Phi is the conv
+  names = [_vqvae_module_name(m) for m in modules]
+  if len(modules) >= 2 and re.fullmatch(r"(down|up)\d+_attn\d+|mid_attn", modules[-2]) \
+      and modules[-1] == "GroupNorm_0":
+    names[-1] = "norm"  # an AttnBlock's only norm
+  if path == ("quantize", "embedding"):
+    return "quantize.embedding.weight"
+  return ".".join(names) + "." + {"kernel": "weight", "scale": "weight"}.get(leaf, leaf)
+
+
+def convert_vqvae(sd: StateDict, cfg: config_lib.TokenizerConfig, patch_nums):
+  """params for varjax.models.vqvae.VQVAE(cfg, patch_nums) from a PyTorch VAR VQVAE state
+  dict (`vae_ch160v4096z32.pth` with cfg = TokenizerConfig() and the 256 px schedule).
+
+  Every parameter of ours is looked up by name and shape-checked; every weight of the
+  checkpoint must find a place."""
+  import jax
+  from flax import traverse_util
+  from varjax.models import vqvae
+  model = vqvae.build(cfg, patch_nums)
+  side = patch_nums[-1] * cfg.downsample
+  image = jax.ShapeDtypeStruct((1, side, side, 3), np.float32)
+  shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), image)["params"]
+  flat = traverse_util.flatten_dict(shapes)
+  out, used = {}, set()
+  for path, want in flat.items():
+    key = _vqvae_torch_key(path)
+    if key not in sd:
+      raise ConvertError(f"checkpoint has no {key} (for {'/'.join(path)}); is the tokenizer "
+                         f"config right? {cfg}")
+    value = np.asarray(sd[key], np.float32)
+    if value.ndim == 4:
+      value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    if value.shape != tuple(want.shape):
+      raise ConvertError(f"{key} has shape {value.shape} after conversion; "
+                         f"{'/'.join(path)} needs {tuple(want.shape)}")
+    out[path] = value
+    used.add(key)
+  # Skipped: the EMA hit counter (a buffer) and Phi convs that no scale of this schedule
+  # picks (flax creates only the ones used; with 10 scales all 4 are).
+  unused = sorted(k for k in sd if k not in used and not k.endswith("ema_vocab_hit_SV")
+                  and ".qresi_ls." not in k)
+  if unused:
+    raise ConvertError(f"{len(unused)} checkpoint weights have no place in this tokenizer "
+                       f"config, e.g. {unused[0]}")
+  return traverse_util.unflatten_dict(out)
