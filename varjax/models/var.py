@@ -42,6 +42,9 @@ INIT_ADALN = 0.5  # AdaLN scale/shift outputs start small ...
 INIT_ADALN_GAMMA = 1e-5  # ... and residual gates start almost closed
 INIT_HEAD = 0.02
 
+# Every logical axis name the model uses (parameters and activations).
+LOGICAL_AXES = ("batch", "length", "embed", "heads", "kv", "mlp", "vocab", "adaln", "latent",
+                "classes")
 # The residual stream [B, L, C] and the per-head tensors [B, L, H, K].
 BLC = ("batch", "length", "embed")
 BLHK = ("batch", "length", "heads", "kv")
