@@ -252,3 +252,15 @@ def test_every_parameter_carries_logical_axis_names():
     assert set(leaf.names) <= set(LOGICAL_AXES) | {None}
     if leaf.value.size * 4 > 2 ** 20:
       assert splittable & set(leaf.names), leaf.names
+
+
+def test_bfloat16_compute_tracks_float32():
+  """bf16 matmuls with fp32 params, norms and logits stay close to the fp32 model."""
+  cfg = small_cfg()
+  model, params = random_params(cfg)
+  labels, x = inputs(cfg, batch=2)
+  full = model.apply(params, labels, x)
+  half = VAR(small_cfg(dtype="bfloat16")).apply(params, labels, x)
+  assert half.dtype == jnp.float32
+  np.testing.assert_allclose(half, full, atol=3e-2 * float(jnp.abs(full).max()))
+  assert not np.array_equal(half, full)
