@@ -74,6 +74,30 @@ def _cmd_params(args) -> None:
     print(f"  {key:<14}{value:>16,}")
 
 
+def _cmd_tokenizer_train(args) -> None:
+  from varjax import config
+  from varjax.train import tokenizer
+  base = tokenizer.base_config(args.preset)
+  for section, key, value in (("data", "dataset", args.dataset),
+                              ("data", "data_dir", args.data_dir),
+                              ("run", "out_dir", args.out_dir)):
+    if value is not None:
+      base[section][key] = value
+  cfg = config.load_config(args.config, args.overrides, base=base)
+  summary = tokenizer.train_tokenizer(cfg)
+  print(tokenizer.format_summary(summary, cfg.model.patch_nums))
+  print(f"run dir: {os.path.join(cfg.run.out_dir, cfg.run.name)}")
+
+
+def _cmd_tokenize(args) -> None:
+  from varjax.data import tokens
+  meta = tokens.tokenize_split(args.tokenizer, args.split, args.out, dataset=args.dataset,
+                               data_dir=args.data_dir, batch_size=args.batch_size,
+                               chunk_size=args.chunk_size)
+  print(f"{meta['dataset']}[{meta['split']}]: {meta['num_examples']} token pyramids "
+        f"{meta['patch_nums']} (V {meta['vocab_size']}) in {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="varjax", description="Scaling-law research on VAR image generators.")
@@ -118,6 +142,32 @@ def build_parser() -> argparse.ArgumentParser:
   params.add_argument("--config", default=None, help="YAML or JSON config file")
   params.add_argument("--json", action="store_true")
   params.set_defaults(func=_cmd_params, takes_overrides=True)
+
+  tok = commands.add_parser("tokenizer", help="train the multi-scale VQ tokenizer"
+                            ).add_subparsers(dest="tokenizer_command", required=True,
+                                             metavar="ACTION")
+  tok_train = tok.add_parser(
+      "train", help="preset <- --config FILE <- overrides; prints reconstruction and usage",
+      epilog="overrides: --section.key=value, e.g. --run.steps=100 --tokenizer.vocab_size=1024")
+  tok_train.add_argument("--preset", default="vqvae-tiny32",
+                         help="vqvae-tiny32 (default), vqvae-tiny64 or vqvae-var")
+  tok_train.add_argument("--config", default=None, help="YAML or JSON config file")
+  tok_train.add_argument("--dataset", default=None, help="default: the preset's dataset")
+  tok_train.add_argument("--data-dir", default=None, help="default: $VARJAX_DATA_DIR")
+  tok_train.add_argument("--out-dir", default=None, help="runs go to OUT_DIR/run.name")
+  tok_train.set_defaults(func=_cmd_tokenizer_train, takes_overrides=True)
+
+  tokenize = commands.add_parser(
+      "tokenize", help="encode a split into token pyramids on disk (resumable)")
+  tokenize.add_argument("--tokenizer", required=True, help="a tokenizer run directory")
+  tokenize.add_argument("--split", default="train")
+  tokenize.add_argument("--out", required=True, help="output directory")
+  tokenize.add_argument("--dataset", default=None, help="default: the tokenizer's dataset")
+  tokenize.add_argument("--data-dir", default=None, help="default: the tokenizer's data dir")
+  tokenize.add_argument("--batch-size", type=int, default=256)
+  tokenize.add_argument("--chunk-size", type=int, default=2048,
+                        help="examples per resumable chunk")
+  tokenize.set_defaults(func=_cmd_tokenize)
   return parser
 
 

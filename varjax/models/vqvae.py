@@ -39,10 +39,10 @@ TOKENIZER_PRESETS: dict[str, dict[str, Any]] = {
     "vqvae-var": dict(ch=160, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, vocab_size=4096,
                       latent_channels=32),
     # 32 px -> 4 x 4 (schedule (1, 2, 3, 4)), 8x downsampling.
-    "vqvae-tiny32": dict(ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, vocab_size=512,
+    "vqvae-tiny32": dict(ch=16, ch_mult=(1, 2, 4, 4), num_res_blocks=1, vocab_size=512,
                          latent_channels=32, using_sa=False, using_mid_sa=True),
     # 64 px -> 8 x 8 (schedule (1, 2, 3, 4, 6, 8)), 8x downsampling.
-    "vqvae-tiny64": dict(ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, vocab_size=1024,
+    "vqvae-tiny64": dict(ch=16, ch_mult=(1, 2, 4, 4), num_res_blocks=1, vocab_size=1024,
                          latent_channels=32, using_sa=False, using_mid_sa=True),
 }
 

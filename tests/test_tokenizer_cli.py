@@ -1,0 +1,113 @@
+"""`varjax tokenizer train` and `varjax tokenize` on the embedded dataset; token cache resume."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import run_varjax
+from varjax.errors import DataError
+
+# 8 px crops and a two-level tokenizer (2x downsampling -> 4 x 4 latent): the same
+# schedule (1, 2, 3, 4) as the preset, at a fraction of its compile time.
+TINY_TRAIN = ["--run.steps=4", "--run.log_every=2", "--run.checkpoint_every=2",
+              "--data.global_batch_size=16", "--run.name=tiny", "--data.resolution=8",
+              "--tokenizer.ch_mult=1,2", "--tokenizer.using_mid_sa=false"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_run(embedded_data_dir, tmp_path_factory):
+  """(run dir, CLI stdout) of a 4-step training run of the default preset."""
+  out = str(tmp_path_factory.mktemp("runs"))
+  result = run_varjax("tokenizer", "train", "--data-dir", embedded_data_dir, "--out-dir", out,
+                      *TINY_TRAIN)
+  assert result.returncode == 0, result.stderr
+  return os.path.join(out, "tiny"), result.stdout
+
+
+def test_train_prints_reconstruction_and_usage_and_writes_the_run(tokenizer_run):
+  run_dir, stdout = tokenizer_run
+  assert "validation reconstruction: MSE" in stdout and "mean-image baseline MSE" in stdout
+  assert "codebook usage per scale: 1x1" in stdout and "4x4" in stdout
+  for name in ("config.json", "metrics.jsonl", "params.msgpack", "summary.json",
+               "checkpoints/step_2.msgpack"):
+    assert os.path.isfile(os.path.join(run_dir, name)), name
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  assert [r["step"] for r in records if "loss" in r] == [2, 4]
+  assert len(records[0]["usage"]) == 4
+  with open(os.path.join(run_dir, "summary.json")) as f:
+    summary = json.load(f)
+  assert summary["eval/num_images"] == 1024 and len(summary["eval/usage"]) == 4
+  assert not any(name.endswith(".tmp") for name in os.listdir(run_dir))
+
+
+def test_tokenize_resumes_to_the_same_bytes(tokenizer_run, embedded_data_dir, tmp_path):
+  from varjax.data import tokens
+  from varjax.data.pipeline import resize_and_crop
+  from varjax.data.sources import open_split
+  from varjax.models.vqvae import VQVAE
+  from varjax.train.tokenizer import load_tokenizer
+
+  run_dir, _ = tokenizer_run
+  full = str(tmp_path / "full")
+  result = run_varjax("tokenize", "--tokenizer", run_dir, "--split", "validation", "--out",
+                      full, "--chunk-size", "256", "--batch-size", "128")
+  assert result.returncode == 0, result.stderr
+  assert "1024 token pyramids [1, 2, 3, 4]" in result.stdout
+
+  part = str(tmp_path / "part")
+  kw = dict(chunk_size=256, batch_size=128, log=lambda _: None, progress=False)
+  meta = tokens.tokenize_split(run_dir, "validation", part, max_chunks=2, **kw)
+  assert not meta["complete"]
+  with pytest.raises(DataError, match="interrupted"):
+    tokens.TokenPyramids(part)
+  meta = tokens.tokenize_split(run_dir, "validation", part, **kw)
+  assert meta["complete"] and meta["dtype"] == "int16"
+  for name in ("labels.npy", *(f"scale_{k}.npy" for k in range(4))):
+    with open(os.path.join(full, name), "rb") as a, open(os.path.join(part, name), "rb") as b:
+      assert a.read() == b.read(), name
+
+  # The reader gives the tokens the model computes for those images, and the labels.
+  pyramids = tokens.TokenPyramids(full)
+  assert len(pyramids) == 1024 and pyramids.patch_nums == (1, 2, 3, 4)
+  batch = pyramids.batch([0, 1, 1000])
+  assert [t.shape for t in batch["tokens"]] == [(3, p, p) for p in (1, 2, 3, 4)]
+  assert pyramids.flat([0, 1]).shape == (2, 30)
+  source = open_split("embedded32", "validation", embedded_data_dir)
+  examples = [source[i] for i in (0, 1, 1000)]
+  np.testing.assert_array_equal(batch["label"], [e["label"] for e in examples])
+  model, params, _ = load_tokenizer(run_dir)
+  images = np.stack([resize_and_crop(e["image"], 8, "center") for e in examples])
+  images = images.astype(np.float32) / 127.5 - 1
+  expected = jax.jit(lambda x: model.apply({"params": params}, x,
+                                           method=VQVAE.img_to_indices))(images)
+  for got, want in zip(batch["tokens"], expected):
+    np.testing.assert_array_equal(got, want)
+
+
+def test_user_mistakes_are_one_line_errors(embedded_data_dir, tmp_path):
+  result = run_varjax("tokenizer", "train", "--data-dir", embedded_data_dir, "--out-dir",
+                      str(tmp_path), "--data.resolution=64")
+  assert result.returncode == 2
+  assert "wrong image size for the schedule: 64x64 px" in result.stderr
+  assert "8x downsampling give a 8x8 latent" in result.stderr
+  assert "needs 32 px" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+  result = run_varjax("tokenize", "--tokenizer", str(tmp_path / "nope"), "--out",
+                      str(tmp_path / "tokens"))
+  assert result.returncode == 2 and "not a finished tokenizer run" in result.stderr
+
+
+@pytest.mark.slow
+def test_default_tokenizer_beats_the_mean_image_in_minutes(embedded_data_dir, tmp_path):
+  """The demo tokenizer: ~5 min on 2 CPU cores (500 steps of 64 images)."""
+  result = run_varjax("tokenizer", "train", "--data-dir", embedded_data_dir, "--out-dir",
+                      str(tmp_path), timeout=900)
+  assert result.returncode == 0, result.stderr
+  with open(tmp_path / "tokenizer-tiny32" / "summary.json") as f:
+    summary = json.load(f)
+  assert summary["eval/mse"] < 0.4 * summary["eval/baseline_mse"]
+  assert summary["eval/usage"][-1] > 0.5  # finest scale uses most of the vocabulary
+  assert summary["train_time_s"] < 600

@@ -1,0 +1,1 @@
+"""Training loops: the multi-scale VQ tokenizer (tokenizer.py)."""

@@ -1,0 +1,330 @@
+"""Tokenizer training: VAR's multi-scale VQ-VAE on an image split, single host.
+
+    varjax tokenizer train --preset vqvae-tiny32 --data.data_dir DIR   # ~5 min on 2 CPU cores
+
+Loss = L1 + L2 reconstruction + the quantiser loss (commitment + codebook, VAR's
+VectorQuantizer2). VAR's released tokenizer was also trained with perceptual and GAN
+losses; we leave those out: the scaling study needs a fixed, reproducible tokenizer, not
+the best FID. Codes unused for `dead_after` steps are re-initialised from residual vectors
+the quantiser saw in the current batch, so the vocabulary stays in use.
+
+A run directory (run.out_dir / run.name) holds config.json, metrics.jsonl (one JSON object
+per log line), checkpoints/step_{k}.msgpack (periodic), params.msgpack (final) and
+summary.json. `load_tokenizer(run_dir)` gives back (model, params, config).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from varjax import config as config_lib
+from varjax.config import Config, OptimConfig
+from varjax.data.pipeline import ImagePipeline, pipeline_from_config
+from varjax.errors import ConfigError, VarjaxError
+from varjax.models import scales, vqvae
+from varjax.models.vqvae import VQVAE
+
+# preset -> (dataset, resolution, schedule): what `--preset` sets besides the tokenizer.
+PRESET_DATA: dict[str, tuple[str, int, tuple[int, ...]]] = {
+    "vqvae-tiny32": ("embedded32", 32, scales.SCHEDULES["32"]),
+    "vqvae-tiny64": ("embedded64", 64, scales.SCHEDULES["64"]),
+    "vqvae-var": ("imagenet2012", 256, scales.SCHEDULES["256"]),
+}
+# Tokenizer recipe for small images: VAR's transformer lr (1e-4 x B / 256) is far too low
+# for a 3M-parameter conv net trained for a few hundred steps.
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "data": {"global_batch_size": 64, "crop": "random"},
+    "optim": {"peak_lr": 2e-3, "b1": 0.9, "b2": 0.99, "weight_decay": 1e-4, "grad_clip": 1.0,
+              "warmup_steps": 20, "schedule": "cosine", "min_lr_ratio": 0.05},
+    "run": {"steps": 500, "log_every": 10, "eval_every": 1000, "checkpoint_every": 100},
+}
+DEAD_AFTER_STEPS = 20  # a code unused for this many steps is restarted
+RESTART_EVERY = 10  # check for dead codes every this many steps
+
+
+def base_config(preset: str = "vqvae-tiny32") -> dict[str, Any]:
+  """Nested dict for `config.load_config(base=...)`: preset + tokenizer training recipe."""
+  dataset, resolution, patch_nums = PRESET_DATA.get(preset, (None, None, None))
+  tok = vqvae.tokenizer_preset(preset)
+  base = {k: dict(v) for k, v in TRAIN_DEFAULTS.items()}
+  base["tokenizer"] = tok
+  base["model"] = {"patch_nums": list(patch_nums), "vocab_size": tok["vocab_size"],
+                   "latent_channels": tok["latent_channels"]}
+  base["data"].update(dataset=dataset, resolution=resolution)
+  base["run"]["name"] = f"tokenizer-{preset.removeprefix('vqvae-')}"
+  return base
+
+
+# ------------------------------------------------------------------ optimizer
+
+def lr_schedule(optim: OptimConfig, total_steps: int, batch_size: int) -> Callable:
+  """Linear warmup to the peak, then constant / linear / cosine / wsd decay to min_lr."""
+  peak = optim.resolved_peak_lr(batch_size)
+  low, warm = peak * optim.min_lr_ratio, optim.warmup_steps
+
+  def fn(step):
+    step = jnp.asarray(step, jnp.float32)
+    frac = jnp.clip((step - warm) / max(total_steps - warm, 1), 0.0, 1.0)
+    if optim.schedule == "constant":
+      decayed = jnp.full_like(frac, peak)
+    elif optim.schedule == "linear":
+      decayed = peak + (low - peak) * frac
+    elif optim.schedule == "cosine":
+      decayed = low + (peak - low) * 0.5 * (1 + jnp.cos(jnp.pi * frac))
+    else:  # wsd: constant, then linear decay over the last decay_fraction of the steps
+      start = 1 - optim.decay_fraction
+      decayed = peak + (low - peak) * jnp.clip((frac - start) / optim.decay_fraction, 0, 1)
+    return jnp.where(step < warm, peak * (step + 1) / max(warm, 1), decayed)
+
+  return fn
+
+
+def make_optimizer(optim: OptimConfig, total_steps: int, batch_size: int):
+  # Decay conv kernels only: decaying the codebook would pull codes towards 0, and norms
+  # and biases are not decayed in VAR's recipe either.
+  decay_mask = lambda params: jax.tree_util.tree_map(lambda p: p.ndim == 4, params)
+  return optax.chain(
+      optax.clip_by_global_norm(optim.grad_clip),
+      optax.adamw(lr_schedule(optim, total_steps, batch_size), b1=optim.b1, b2=optim.b2,
+                  weight_decay=optim.weight_decay, mask=decay_mask))
+
+
+# ------------------------------------------------------------------ steps
+
+def make_train_step(model: VQVAE, tx):
+  def loss_fn(params, img):
+    recon, aux = model.apply({"params": params}, img, train=True)
+    l1 = jnp.mean(jnp.abs(recon - img))
+    l2 = jnp.mean((recon - img) ** 2)
+    loss = l1 + l2 + aux["vq_loss"]
+    return loss, {"loss": loss, "l1": l1, "l2": l2, "vq_loss": aux["vq_loss"],
+                  "usage_S": aux["usage_S"], "counts_SxV": aux["counts_SxV"],
+                  "rest_NxC": aux["rest_NxC"]}
+
+  @jax.jit
+  def step(params, opt_state, img):
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(params, img)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    return optax.apply_updates(params, updates), opt_state, metrics
+
+  return step
+
+
+def make_eval_step(model: VQVAE):
+  @jax.jit
+  def step(params, img, valid_B):
+    recon, aux = model.apply({"params": params}, img)
+    recon = jnp.clip(recon, -1, 1)
+    sq_B = jnp.mean((recon - img) ** 2, axis=(1, 2, 3)) * valid_B
+    counts = jnp.stack([
+        jnp.bincount(idx.reshape(-1), jnp.broadcast_to(valid_B[:, None, None], idx.shape
+                                                       ).reshape(-1), length=model.cfg.vocab_size)
+        for idx in aux["indices"]])
+    return jnp.sum(sq_B), counts
+
+  return step
+
+
+def psnr(mse_pm1: float) -> float:
+  """PSNR in dB of images in [0, 1], from an MSE measured in [-1, 1] (4x larger)."""
+  return 10 * math.log10(4.0 / max(mse_pm1, 1e-12))
+
+
+def evaluate(model: VQVAE, params, pipeline: ImagePipeline, mean_image=None) -> dict[str, Any]:
+  """Reconstruction error and codebook usage over one pass of a split (center crops).
+
+  mse is in [-1, 1] units per pixel and channel; usage[s] is the fraction of the
+  vocabulary used at scale s over the whole split; baseline_mse predicts `mean_image`
+  (HxWx3) for every image when given.
+  """
+  step = make_eval_step(model)
+  n, B = len(pipeline), pipeline.global_batch_size
+  total_sq, counts, base_sq = 0.0, 0, 0.0
+  for s in range(math.ceil(n / B)):
+    batch = pipeline.batch(s)
+    valid = (pipeline.local_positions(s) < n).astype(np.float32)  # last batch wraps
+    sq, c = step(params, batch["image"], valid)
+    total_sq += float(sq)
+    counts = counts + np.asarray(c)
+    if mean_image is not None:
+      err = ((batch["image"] - mean_image) ** 2).mean(axis=(1, 2, 3))
+      base_sq += float((err * valid).sum())
+  mse = total_sq / n
+  out = {"mse": mse, "psnr": psnr(mse), "usage": (counts > 0).mean(axis=1).tolist(),
+         "num_images": n}
+  if mean_image is not None:
+    out["baseline_mse"] = base_sq / n
+    out["baseline_psnr"] = psnr(base_sq / n)
+  return out
+
+
+# ------------------------------------------------------------------ checkpoints
+
+def save_params(params, path: str, step: int) -> None:
+  """msgpack of {step, params}; written to a temp file and renamed, so never half-written."""
+  data = flax.serialization.to_bytes({"step": step, "params": jax.device_get(params)})
+  tmp = f"{path}.tmp"
+  with open(tmp, "wb") as f:
+    f.write(data)
+  os.replace(tmp, path)
+
+
+def load_tokenizer(run_dir: str) -> tuple[VQVAE, Any, Config]:
+  """(model, params, config) of a trained tokenizer run."""
+  cfg_path = os.path.join(run_dir, "config.json")
+  params_path = os.path.join(run_dir, "params.msgpack")
+  for path in (cfg_path, params_path):
+    if not os.path.isfile(path):
+      raise VarjaxError(f"{run_dir} is not a finished tokenizer run: {os.path.basename(path)} "
+                        "is missing (train one with `varjax tokenizer train`)")
+  cfg = config_lib.load_config(cfg_path)
+  model = vqvae.build(cfg.tokenizer, cfg.model.patch_nums)
+  template = jax.eval_shape(lambda: vqvae.init_params(model, 0, cfg.data.resolution))
+  with open(params_path, "rb") as f:
+    state = flax.serialization.from_bytes(
+        {"step": 0, "params": jax.tree_util.tree_map(
+            lambda s: np.zeros(s.shape, s.dtype), template)}, f.read())
+  return model, state["params"], cfg
+
+
+# ------------------------------------------------------------------ dead codes
+
+def restart_dead_codes(params, last_used_V: np.ndarray, step: int, rest_NxC: np.ndarray,
+                       rng: np.random.Generator, dead_after: int = DEAD_AFTER_STEPS):
+  """Codes unused for `dead_after` steps <- random residual vectors (+ small noise).
+
+  Returns (params, number of codes restarted); `last_used_V` is updated in place.
+  """
+  dead = np.nonzero(step - last_used_V >= dead_after)[0]
+  if dead.size == 0:
+    return params, 0
+  rows = rest_NxC[rng.integers(0, len(rest_NxC), dead.size)]
+  rows = rows + 0.01 * rows.std() * rng.standard_normal(rows.shape).astype(np.float32)
+  embedding = np.array(params["quantize"]["embedding"])
+  embedding[dead] = rows
+  last_used_V[dead] = step  # give them a fresh grace period
+  quantize = dict(params["quantize"], embedding=jnp.asarray(embedding))
+  return dict(params, quantize=quantize), int(dead.size)
+
+
+# ------------------------------------------------------------------ loop
+
+def train_tokenizer(cfg: Config, *, progress: bool | None = None,
+                    log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Trains, evaluates on data.eval_split and writes the run directory; returns summary."""
+  start = time.time()
+  patch_nums = scales.validate(cfg.model.patch_nums)
+  vqvae.check_image_size((1, cfg.data.resolution, cfg.data.resolution, 3), cfg.tokenizer,
+                         patch_nums)
+  run_dir = os.path.join(cfg.run.out_dir, cfg.run.name)
+  os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+  config_lib.save_config(cfg, os.path.join(run_dir, "config.json"))
+
+  # ---- input
+  train_data = pipeline_from_config(cfg.data, cfg.data.train_split, cfg.run.seed)
+  eval_data = pipeline_from_config(cfg.data, cfg.data.eval_split, cfg.run.seed, crop="center")
+
+  # ---- model and optimizer
+  model = vqvae.build(cfg.tokenizer, patch_nums)
+  params = vqvae.init_params(model, cfg.run.seed, cfg.data.resolution)
+  tx = make_optimizer(cfg.optim, cfg.run.steps, cfg.data.global_batch_size)
+  opt_state = tx.init(params)
+  train_step = make_train_step(model, tx)
+  log(f"tokenizer {vqvae.count_params(params):,} params, schedule {list(patch_nums)}, "
+      f"V {cfg.tokenizer.vocab_size}; {cfg.run.steps} steps of {cfg.data.global_batch_size} "
+      f"images from {cfg.data.dataset}[{cfg.data.train_split}] ({len(train_data)}); "
+      f"run dir {run_dir}")
+
+  # ---- loop
+  rng = np.random.default_rng([cfg.run.seed, 7])
+  last_used_V = np.zeros(cfg.tokenizer.vocab_size, np.int64)
+  image_sum, image_count, restarts = 0.0, 0, 0
+  show_bar = sys.stdout.isatty() if progress is None else progress
+  bar = None
+  if show_bar:
+    from tqdm import tqdm
+    bar = tqdm(total=cfg.run.steps, desc="tokenizer", unit="step")
+  metrics_path = os.path.join(run_dir, "metrics.jsonl")
+  t_loop = time.time()
+  with open(metrics_path, "w") as metrics_file:
+    def write(record):
+      metrics_file.write(json.dumps(record) + "\n")
+      metrics_file.flush()
+
+    for step, batch in train_data.iterate(0, cfg.run.steps):
+      params, opt_state, m = train_step(params, opt_state, batch["image"])
+      image_sum = image_sum + batch["image"].sum(axis=0)
+      image_count += len(batch["image"])
+      used = np.asarray(m["counts_SxV"]).sum(axis=0) > 0
+      last_used_V[used] = step
+      if (step + 1) % RESTART_EVERY == 0 and step + 1 < cfg.run.steps:
+        params, n = restart_dead_codes(params, last_used_V, step, np.asarray(m["rest_NxC"]),
+                                       rng)
+        restarts += n
+      if (step + 1) % cfg.run.log_every == 0 or step + 1 == cfg.run.steps:
+        record = {"step": step + 1, "time": time.time() - t_loop,
+                  "images_per_s": image_count / (time.time() - t_loop),
+                  "restarted_codes": restarts,
+                  **{k: float(m[k]) for k in ("loss", "l1", "l2", "vq_loss", "grad_norm")},
+                  "usage": [round(float(u), 4) for u in m["usage_S"]]}
+        write(record)
+        if bar is not None:
+          bar.set_postfix(loss=f"{record['loss']:.4f}", l2=f"{record['l2']:.4f}")
+      if bar is not None:
+        bar.update(1)
+      if (step + 1) % cfg.run.eval_every == 0 and step + 1 < cfg.run.steps:
+        ev = evaluate(model, params, eval_data)
+        write({"step": step + 1, **{f"eval/{k}": v for k, v in ev.items()}})
+      if (step + 1) % cfg.run.checkpoint_every == 0 and step + 1 < cfg.run.steps:
+        _save_checkpoint(params, run_dir, step + 1, cfg.run.keep_checkpoints)
+    if bar is not None:
+      bar.close()
+    train_time = time.time() - t_loop
+
+    # ---- final evaluation and checkpoint
+    mean_image = image_sum / max(image_count, 1)
+    ev = evaluate(model, params, eval_data, mean_image=mean_image)
+    write({"step": cfg.run.steps, **{f"eval/{k}": v for k, v in ev.items()}})
+  save_params(params, os.path.join(run_dir, "params.msgpack"), cfg.run.steps)
+  summary = {"steps": cfg.run.steps, "train_time_s": train_time,
+             "wall_time_s": time.time() - start, "restarted_codes": restarts,
+             "num_params": vqvae.count_params(params),
+             **{f"eval/{k}": v for k, v in ev.items()}}
+  tmp = os.path.join(run_dir, "summary.json.tmp")
+  with open(tmp, "w") as f:
+    json.dump(summary, f, indent=2)
+  os.replace(tmp, os.path.join(run_dir, "summary.json"))
+  return summary
+
+
+def _save_checkpoint(params, run_dir: str, step: int, keep: int) -> None:
+  ckpt_dir = os.path.join(run_dir, "checkpoints")
+  save_params(params, os.path.join(ckpt_dir, f"step_{step}.msgpack"), step)
+  saved = sorted((int(name[5:-8]), name) for name in os.listdir(ckpt_dir)
+                 if name.startswith("step_") and name.endswith(".msgpack"))
+  for _, name in saved[:-keep]:
+    os.remove(os.path.join(ckpt_dir, name))
+
+
+def format_summary(summary: dict[str, Any], patch_nums) -> str:
+  """Human-readable lines: reconstruction vs the mean-image baseline, usage per scale."""
+  lines = [f"trained {summary['steps']} steps in {summary['train_time_s']:.0f} s "
+           f"({summary['num_params']:,} params, {summary['restarted_codes']} codes restarted)",
+           f"validation reconstruction: MSE {summary['eval/mse']:.5f} "
+           f"(PSNR {summary['eval/psnr']:.2f} dB); mean-image baseline MSE "
+           f"{summary['eval/baseline_mse']:.5f} (PSNR {summary['eval/baseline_psnr']:.2f} dB)",
+           "codebook usage per scale: " + ", ".join(
+               f"{pn}x{pn} {100 * u:.1f}%" for pn, u in zip(patch_nums, summary["eval/usage"]))]
+  return "\n".join(lines)
