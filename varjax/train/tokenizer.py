@@ -31,7 +31,7 @@ import optax
 from varjax import config as config_lib
 from varjax.config import Config, OptimConfig
 from varjax.data.pipeline import ImagePipeline, pipeline_from_config
-from varjax.errors import ConfigError, VarjaxError
+from varjax.errors import VarjaxError
 from varjax.models import scales, vqvae
 from varjax.models.vqvae import VQVAE
 
