@@ -98,6 +98,68 @@ def _cmd_tokenize(args) -> None:
         f"{meta['patch_nums']} (V {meta['vocab_size']}) in {args.out}")
 
 
+def _cmd_convert(args) -> None:
+  import jax
+  from varjax import config
+  from varjax.models import convert, scales, store
+  patch_nums = scales.validate(args.patch_nums)
+  state = convert.load_state_dict(args.checkpoint)
+  if args.what == "var":
+    model_cfg, params = convert.convert_var(state, patch_nums)
+    cfg = config.replace(config.Config(), model=config.to_dict(model_cfg))
+    params = params["params"]
+  else:
+    tok_cfg = config.load_config(args.config, args.overrides).tokenizer
+    params = convert.convert_vqvae(state, tok_cfg, patch_nums)
+    cfg = config.replace(config.Config(), tokenizer=config.to_dict(tok_cfg),
+                         model={"patch_nums": list(patch_nums),
+                                "vocab_size": tok_cfg.vocab_size,
+                                "latent_channels": tok_cfg.latent_channels},
+                         data={"resolution": patch_nums[-1] * tok_cfg.downsample})
+  store.save_model_dir(args.out, cfg, params)
+  print(f"{args.checkpoint} -> {args.out} ({args.what}, "
+        f"{sum(v.size for v in jax.tree.leaves(params)):,} parameters)")
+
+
+def _cmd_sample(args) -> None:
+  import numpy as np
+  from tqdm import tqdm
+  from varjax.data import preview
+  from varjax.errors import VarjaxError
+  from varjax.models import sampling, store
+  from varjax.train import tokenizer as tokenizer_lib
+  if args.per_label < 1 or args.batch_size < 1:
+    raise VarjaxError("--per-label and --batch-size must be >= 1")
+  model, params, cfg = store.load_var(args.var)
+  tokenizer, tok_params, tok_cfg = tokenizer_lib.load_tokenizer(args.tokenizer)
+  for key in ("patch_nums", "vocab_size", "latent_channels"):
+    if getattr(cfg.model, key) != getattr(tok_cfg.model, key):
+      raise VarjaxError(f"the model and the tokenizer disagree on {key}: "
+                        f"{getattr(cfg.model, key)} vs {getattr(tok_cfg.model, key)}")
+  labels = np.repeat(np.asarray(args.labels, np.int64), args.per_label)
+  protocol = sampling.SamplingProtocol(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
+                                       seed=args.seed)
+  batches = range(0, len(labels), args.batch_size)
+  images = [np.asarray(sampling.sample_images(model, params, tokenizer, {"params": tok_params},
+                                              labels[i:i + args.batch_size], protocol,
+                                              batch_index=i // args.batch_size))
+            for i in tqdm(batches, desc="sampling", unit="batch", disable=len(batches) < 2)]
+  images = np.concatenate(images) * 2 - 1
+  path = preview.save_image_grid(images, args.out, columns=args.per_label)
+  with open(os.path.splitext(path)[0] + ".json", "w") as f:
+    json.dump({"var": args.var, "tokenizer": args.tokenizer, "labels": labels.tolist(),
+               **vars(protocol)}, f, indent=2)
+  print(f"wrote {path} ({len(labels)} samples, one row per label; protocol in "
+        f"{os.path.splitext(path)[0]}.json)")
+
+
+def _int_list(text: str) -> list[int]:
+  try:
+    return [int(v) for v in text.replace(" ", "").split(",") if v]
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="varjax", description="Scaling-law research on VAR image generators.")
@@ -168,6 +230,31 @@ def build_parser() -> argparse.ArgumentParser:
   tokenize.add_argument("--chunk-size", type=int, default=2048,
                         help="examples per resumable chunk")
   tokenize.set_defaults(func=_cmd_tokenize)
+
+  conv = commands.add_parser(
+      "convert", help="official PyTorch VAR / VQVAE checkpoint -> a model directory",
+      epilog="vqvae: the tokenizer config comes from --config / --tokenizer.KEY=VALUE "
+             "(default: VAR's ch 160, V 4096, z 32)")
+  conv.add_argument("what", choices=("var", "vqvae"))
+  conv.add_argument("--checkpoint", required=True, help=".pth (needs the convert extra) or .npz")
+  conv.add_argument("--out", required=True, help="model directory to write")
+  conv.add_argument("--patch-nums", type=_int_list, default=[1, 2, 3, 4, 5, 6, 8, 10, 13, 16],
+                    help="scale schedule (default: VAR's 256 px)")
+  conv.add_argument("--config", default=None, help="YAML or JSON config file")
+  conv.set_defaults(func=_cmd_convert, takes_overrides=True)
+
+  sample = commands.add_parser("sample", help="class-conditional samples as a PNG grid")
+  sample.add_argument("--var", required=True, help="VAR model directory")
+  sample.add_argument("--tokenizer", required=True, help="tokenizer directory")
+  sample.add_argument("--labels", type=_int_list, default=[0], help="e.g. 0,1,2")
+  sample.add_argument("--per-label", type=int, default=8)
+  sample.add_argument("--cfg", type=float, default=1.5, help="guidance at the last scale")
+  sample.add_argument("--top-k", type=int, default=900, help="0 = off")
+  sample.add_argument("--top-p", type=float, default=0.96, help="0 = off")
+  sample.add_argument("--seed", type=int, default=0)
+  sample.add_argument("--batch-size", type=int, default=32)
+  sample.add_argument("--out", default="samples.png")
+  sample.set_defaults(func=_cmd_sample)
   return parser
 
 
