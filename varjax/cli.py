@@ -127,11 +127,10 @@ def _cmd_sample(args) -> None:
   from varjax.data import preview
   from varjax.errors import VarjaxError
   from varjax.models import sampling, store
-  from varjax.train import tokenizer as tokenizer_lib
   if args.per_label < 1 or args.batch_size < 1:
     raise VarjaxError("--per-label and --batch-size must be >= 1")
   model, params, cfg = store.load_var(args.var)
-  tokenizer, tok_params, tok_cfg = tokenizer_lib.load_tokenizer(args.tokenizer)
+  tokenizer, tok_params, tok_cfg = store.load_tokenizer(args.tokenizer)
   for key in ("patch_nums", "vocab_size", "latent_channels"):
     if getattr(cfg.model, key) != getattr(tok_cfg.model, key):
       raise VarjaxError(f"the model and the tokenizer disagree on {key}: "

@@ -55,7 +55,7 @@ def tokenize_split(tokenizer_dir: str, split: str, out_dir: str, *,
   """
   from varjax.data.sources import open_split
   from varjax.models.vqvae import VQVAE
-  from varjax.train.tokenizer import load_tokenizer
+  from varjax.models.store import load_tokenizer
 
   if batch_size < 1 or chunk_size < 1:
     raise VarjaxError(f"batch size and chunk size must be >= 1, got {batch_size}, {chunk_size}")

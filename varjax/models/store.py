@@ -57,12 +57,23 @@ def save_model_dir(directory: str, cfg: config_lib.Config, params, step: int = 0
   save_params(params, os.path.join(directory, PARAMS_FILE), step)
 
 
-def read_model_config(directory: str, what: str) -> config_lib.Config:
+def read_model_config(directory: str, what: str, hint: str = "") -> config_lib.Config:
   """The config of a model directory; a missing file is one clear error naming `what`."""
   for name in (CONFIG_FILE, PARAMS_FILE):
     if not os.path.isfile(os.path.join(directory, name)):
-      raise VarjaxError(f"{directory} is not a {what} directory: {name} is missing")
+      raise VarjaxError(f"{directory} is not a {what} directory: {name} is missing{hint}")
   return config_lib.load_config(os.path.join(directory, CONFIG_FILE))
+
+
+def load_tokenizer(directory: str):
+  """(VQVAE model, params, Config) of a trained or converted tokenizer."""
+  from varjax.models import vqvae
+  cfg = read_model_config(directory, "finished tokenizer run",
+                          " (train one with `varjax tokenizer train`)")
+  model = vqvae.build(cfg.tokenizer, cfg.model.patch_nums)
+  template = jax.eval_shape(lambda: vqvae.init_params(model, 0, cfg.data.resolution))
+  params, _ = read_params(os.path.join(directory, PARAMS_FILE), template)
+  return model, params, cfg
 
 
 def load_var(directory: str):

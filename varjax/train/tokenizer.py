@@ -10,7 +10,7 @@ the quantiser saw in the current batch, so the vocabulary stays in use.
 
 A run directory (run.out_dir / run.name) holds config.json, metrics.jsonl (one JSON object
 per log line), checkpoints/step_{k}.msgpack (periodic), params.msgpack (final) and
-summary.json. `load_tokenizer(run_dir)` gives back (model, params, config).
+summary.json. `varjax.models.store.load_tokenizer(run_dir)` gives back (model, params, config).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import sys
 import time
 from typing import Any, Callable
 
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,8 +30,7 @@ import optax
 from varjax import config as config_lib
 from varjax.config import Config, OptimConfig
 from varjax.data.pipeline import ImagePipeline, pipeline_from_config
-from varjax.errors import VarjaxError
-from varjax.models import scales, vqvae
+from varjax.models import scales, store, vqvae
 from varjax.models.vqvae import VQVAE
 
 # preset -> (dataset, resolution, schedule): what `--preset` sets besides the tokenizer.
@@ -172,33 +170,6 @@ def evaluate(model: VQVAE, params, pipeline: ImagePipeline, mean_image=None) -> 
 
 # ------------------------------------------------------------------ checkpoints
 
-def save_params(params, path: str, step: int) -> None:
-  """msgpack of {step, params}; written to a temp file and renamed, so never half-written."""
-  data = flax.serialization.to_bytes({"step": step, "params": jax.device_get(params)})
-  tmp = f"{path}.tmp"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
-
-
-def load_tokenizer(run_dir: str) -> tuple[VQVAE, Any, Config]:
-  """(model, params, config) of a trained tokenizer run."""
-  cfg_path = os.path.join(run_dir, "config.json")
-  params_path = os.path.join(run_dir, "params.msgpack")
-  for path in (cfg_path, params_path):
-    if not os.path.isfile(path):
-      raise VarjaxError(f"{run_dir} is not a finished tokenizer run: {os.path.basename(path)} "
-                        "is missing (train one with `varjax tokenizer train`)")
-  cfg = config_lib.load_config(cfg_path)
-  model = vqvae.build(cfg.tokenizer, cfg.model.patch_nums)
-  template = jax.eval_shape(lambda: vqvae.init_params(model, 0, cfg.data.resolution))
-  with open(params_path, "rb") as f:
-    state = flax.serialization.from_bytes(
-        {"step": 0, "params": jax.tree_util.tree_map(
-            lambda s: np.zeros(s.shape, s.dtype), template)}, f.read())
-  return model, state["params"], cfg
-
-
 # ------------------------------------------------------------------ dead codes
 
 def restart_dead_codes(params, last_used_V: np.ndarray, step: int, rest_NxC: np.ndarray,
@@ -297,7 +268,7 @@ def train_tokenizer(cfg: Config, *, progress: bool | None = None,
     mean_image = image_sum / max(image_count, 1)
     ev = evaluate(model, params, eval_data, mean_image=mean_image)
     write({"step": cfg.run.steps, **{f"eval/{k}": v for k, v in ev.items()}})
-  save_params(params, os.path.join(run_dir, "params.msgpack"), cfg.run.steps)
+  store.save_params(params, os.path.join(run_dir, "params.msgpack"), cfg.run.steps)
   summary = {"steps": cfg.run.steps, "train_time_s": train_time,
              "wall_time_s": time.time() - start, "restarted_codes": restarts,
              "num_params": vqvae.count_params(params),
@@ -311,7 +282,7 @@ def train_tokenizer(cfg: Config, *, progress: bool | None = None,
 
 def _save_checkpoint(params, run_dir: str, step: int, keep: int) -> None:
   ckpt_dir = os.path.join(run_dir, "checkpoints")
-  save_params(params, os.path.join(ckpt_dir, f"step_{step}.msgpack"), step)
+  store.save_params(params, os.path.join(ckpt_dir, f"step_{step}.msgpack"), step)
   saved = sorted((int(name[5:-8]), name) for name in os.listdir(ckpt_dir)
                  if name.startswith("step_") and name.endswith(".msgpack"))
   for _, name in saved[:-keep]:
