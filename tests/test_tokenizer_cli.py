@@ -112,3 +112,29 @@ def test_default_tokenizer_beats_the_mean_image_in_minutes(embedded_data_dir, tm
   assert summary["eval/mse"] < 0.4 * summary["eval/baseline_mse"]
   assert summary["eval/usage"][-1] > 0.5  # finest scale uses most of the vocabulary
   assert summary["train_time_s"] < 600
+
+
+def test_preview_draws_reconstructions_scale_by_scale(tokenizer_run, embedded_data_dir,
+                                                      tmp_path):
+  import dataclasses
+  from PIL import Image
+  from varjax.data.pipeline import pipeline_from_config
+  from varjax.models.store import load_tokenizer
+  from varjax.models.vqvae import VQVAE
+
+  run_dir, _ = tokenizer_run
+  out = tmp_path / "recon.png"
+  result = run_varjax("tokenizer", "preview", "--tokenizer", run_dir, "--num", "5",
+                      "--data-dir", embedded_data_dir, "--out", str(out))
+  assert result.returncode == 0, result.stderr
+  assert Image.open(out).size == ((5 * 10 + 2) * 2, (5 * 10 + 2) * 2)  # 5 x (1 + 4 scales)
+  mses = [float(line.rsplit("MSE ", 1)[1]) for line in result.stdout.splitlines()
+          if "MSE" in line]
+  assert len(mses) == 4
+  # The last row is the full reconstruction: check its error independently.
+  model, params, cfg = load_tokenizer(run_dir)
+  data = dataclasses.replace(cfg.data, global_batch_size=5, data_dir=embedded_data_dir)
+  images = pipeline_from_config(data, "validation", 0, crop="center").batch(0)["image"]
+  idx = model.apply({"params": params}, images, method=VQVAE.img_to_indices)
+  recon = model.apply({"params": params}, idx, method=VQVAE.indices_to_img)
+  assert mses[-1] == pytest.approx(float(np.mean((np.asarray(recon) - images) ** 2)), abs=2e-5)

@@ -89,6 +89,31 @@ def _cmd_tokenizer_train(args) -> None:
   print(f"run dir: {os.path.join(cfg.run.out_dir, cfg.run.name)}")
 
 
+def _cmd_tokenizer_preview(args) -> None:
+  import dataclasses
+  import jax.numpy as jnp
+  import numpy as np
+  from varjax.data import pipeline, preview
+  from varjax.models import store, vqvae
+  model, params, cfg = store.load_tokenizer(args.tokenizer)
+  data = dataclasses.replace(cfg.data, global_batch_size=args.num,
+                             **({"data_dir": args.data_dir} if args.data_dir else {}))
+  images = pipeline.pipeline_from_config(data, args.split, seed=0, crop="center").batch(0)["image"]
+  variables = {"params": params}
+  indices = model.apply(variables, jnp.asarray(images), method=vqvae.VQVAE.img_to_indices)
+  rows, lines = [images], []
+  for k in range(1, len(indices) + 1):
+    f_hat = model.apply(variables, indices[:k], method=vqvae.VQVAE.indices_to_fhat)
+    recon = np.asarray(model.apply(variables, f_hat, method=vqvae.VQVAE.fhat_to_img))
+    rows.append(recon)
+    side = cfg.model.patch_nums[k - 1]
+    lines.append(f"  scales 1..{k} (up to {side}x{side}): MSE {np.mean((recon - images) ** 2):.5f}")
+  path = preview.save_image_grid(np.concatenate(rows), args.out, columns=args.num)
+  print(f"wrote {path}: row 1 the {args.split} images, row k + 1 the reconstruction from "
+        "the first k scales")
+  print("\n".join(lines))
+
+
 def _cmd_tokenize(args) -> None:
   from varjax.data import tokens
   meta = tokens.tokenize_split(args.tokenizer, args.split, args.out, dataset=args.dataset,
@@ -217,6 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
   tok_train.add_argument("--data-dir", default=None, help="default: $VARJAX_DATA_DIR")
   tok_train.add_argument("--out-dir", default=None, help="runs go to OUT_DIR/run.name")
   tok_train.set_defaults(func=_cmd_tokenizer_train, takes_overrides=True)
+  tok_preview = tok.add_parser(
+      "preview", help="PNG: images and their reconstructions from the first k scales")
+  tok_preview.add_argument("--tokenizer", required=True, help="a tokenizer directory")
+  tok_preview.add_argument("--split", default="validation")
+  tok_preview.add_argument("--num", type=int, default=8, help="images (columns)")
+  tok_preview.add_argument("--data-dir", default=None, help="default: the tokenizer's")
+  tok_preview.add_argument("--out", default="reports/demo/tokenizer.png")
+  tok_preview.set_defaults(func=_cmd_tokenizer_preview)
 
   tokenize = commands.add_parser(
       "tokenize", help="encode a split into token pyramids on disk (resumable)")
