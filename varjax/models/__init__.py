@@ -1,1 +1,2 @@
-"""VAR models: scale schedules (tokenizer and transformer arrive with issue 3)."""
+"""VAR models: scale schedules, the transformer, the multi-scale VQ tokenizer, sampling and
+converters from the official PyTorch checkpoints (docs/models.md)."""
