@@ -138,3 +138,66 @@ def test_preview_draws_reconstructions_scale_by_scale(tokenizer_run, embedded_da
   idx = model.apply({"params": params}, images, method=VQVAE.img_to_indices)
   recon = model.apply({"params": params}, idx, method=VQVAE.indices_to_img)
   assert mses[-1] == pytest.approx(float(np.mean((np.asarray(recon) - images) ** 2)), abs=2e-5)
+
+
+def test_crashed_training_resumes_to_the_same_parameters(embedded_data_dir, tmp_path):
+  """A run that dies after step 5 (last checkpoint: step 4) and is started again ends with
+  exactly the parameters and loss curve of an uninterrupted run."""
+  from varjax import config
+  from varjax.models.store import load_tokenizer
+  from varjax.train import tokenizer
+
+  def cfg_for(name):
+    overrides = [a for a in TINY_TRAIN if not a.startswith(("--run.steps", "--run.name"))]
+    return config.load_config(None, overrides + [
+        "--run.steps=8", f"--run.name={name}", f"--run.out_dir={tmp_path}",
+        f"--data.data_dir={embedded_data_dir}", "--run.log_every=1"],
+        base=tokenizer.base_config())
+
+  quiet = lambda _: None
+  tokenizer.train_tokenizer(cfg_for("whole"), log=quiet)
+
+  def crash(step):
+    if step == 5:
+      raise RuntimeError("preempted")
+  with pytest.raises(RuntimeError, match="preempted"):
+    tokenizer.train_tokenizer(cfg_for("crashed"), log=quiet, on_step=crash)
+  assert not os.path.exists(tmp_path / "crashed" / "params.msgpack")
+  lines = []
+  summary = tokenizer.train_tokenizer(cfg_for("crashed"), log=lines.append)
+  assert summary["resumed_at_step"] == 4 and "resumed at step 4" in lines[0]
+
+  _, whole, _ = load_tokenizer(str(tmp_path / "whole"))
+  _, resumed, _ = load_tokenizer(str(tmp_path / "crashed"))
+  for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+  curve = lambda name: [(r["step"], r.get("loss")) for r in map(
+      json.loads, open(tmp_path / name / "metrics.jsonl"))]
+  assert curve("crashed") == curve("whole")
+
+  # Finished: a second start trains nothing; another config in the same dir is refused.
+  assert tokenizer.train_tokenizer(cfg_for("whole"), log=quiet)["resumed_at_step"] == 0
+  other = config.replace(cfg_for("whole"), optim={"peak_lr": 1e-3})
+  with pytest.raises(tokenizer.VarjaxError, match="holds a run with another config"):
+    tokenizer.train_tokenizer(other, log=quiet)
+
+
+def test_unreadable_checkpoint_is_skipped_with_a_warning(embedded_data_dir, tmp_path):
+  from varjax import config
+  from varjax.train import tokenizer
+  overrides = [a for a in TINY_TRAIN if not a.startswith("--run.steps")]
+  cfg = config.load_config(None, overrides + [
+      "--run.steps=6", f"--run.out_dir={tmp_path}", f"--data.data_dir={embedded_data_dir}"],
+      base=tokenizer.base_config())
+
+  def crash(step):
+    if step == 5:
+      raise RuntimeError("preempted")
+  with pytest.raises(RuntimeError):
+    tokenizer.train_tokenizer(cfg, log=lambda _: None, on_step=crash)
+  newest = tmp_path / "tiny" / "checkpoints" / "step_4.msgpack"
+  newest.write_bytes(newest.read_bytes()[:100])  # half-written by a dying disk
+  lines = []
+  with pytest.warns(UserWarning, match="skipping unreadable checkpoint .*step_4"):
+    summary = tokenizer.train_tokenizer(cfg, log=lines.append)
+  assert summary["resumed_at_step"] == 2

@@ -20,7 +20,10 @@ import math
 import os
 import sys
 import time
+import warnings
 from typing import Any, Callable
+
+import flax.serialization
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +33,7 @@ import optax
 from varjax import config as config_lib
 from varjax.config import Config, OptimConfig
 from varjax.data.pipeline import ImagePipeline, pipeline_from_config
+from varjax.errors import VarjaxError
 from varjax.models import scales, store, vqvae
 from varjax.models.vqvae import VQVAE
 
@@ -114,7 +118,7 @@ def make_train_step(model: VQVAE, tx):
   def step(params, opt_state, img):
     grads, metrics = jax.grad(loss_fn, has_aux=True)(params, img)
     updates, opt_state = tx.update(grads, opt_state, params)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     return optax.apply_updates(params, updates), opt_state, metrics
 
   return step
@@ -193,15 +197,27 @@ def restart_dead_codes(params, last_used_V: np.ndarray, step: int, rest_NxC: np.
 # ------------------------------------------------------------------ loop
 
 def train_tokenizer(cfg: Config, *, progress: bool | None = None,
-                    log: Callable[[str], None] = print) -> dict[str, Any]:
-  """Trains, evaluates on data.eval_split and writes the run directory; returns summary."""
+                    log: Callable[[str], None] = print,
+                    on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+  """Trains, evaluates on data.eval_split and writes the run directory; returns summary.
+
+  Resumable: checkpoints hold the whole training state (params, optimizer state, code-use
+  ages, the running mean image), the data order and the dead-code restarts are functions
+  of the step, so a run restarted after a crash continues from its last checkpoint and ends
+  with the same parameters as an uninterrupted run. A finished run is not retrained; a run
+  directory holding another config is refused. `on_step(step)` is called after each step.
+  """
   start = time.time()
   patch_nums = scales.validate(cfg.model.patch_nums)
   vqvae.check_image_size((1, cfg.data.resolution, cfg.data.resolution, 3), cfg.tokenizer,
                          patch_nums)
   run_dir = os.path.join(cfg.run.out_dir, cfg.run.name)
+  _claim_run_dir(run_dir, cfg)
+  if os.path.isfile(os.path.join(run_dir, "summary.json")):
+    log(f"{run_dir} is a finished run of this config; nothing to do")
+    with open(os.path.join(run_dir, "summary.json")) as f:
+      return json.load(f)
   os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
-  config_lib.save_config(cfg, os.path.join(run_dir, "config.json"))
 
   # ---- input
   train_data = pipeline_from_config(cfg.data, cfg.data.train_split, cfg.run.seed)
@@ -213,40 +229,52 @@ def train_tokenizer(cfg: Config, *, progress: bool | None = None,
   tx = make_optimizer(cfg.optim, cfg.run.steps, cfg.data.global_batch_size)
   opt_state = tx.init(params)
   train_step = make_train_step(model, tx)
+  state = {"step": 0, "params": params, "opt_state": opt_state,
+           "last_used_V": np.zeros(cfg.tokenizer.vocab_size, np.int64), "restarts": 0,
+           "image_sum": np.zeros((cfg.data.resolution,) * 2 + (3,), np.float32),
+           "image_count": 0, "train_time": 0.0}
+  state = _restore_latest(run_dir, state, log)
+  first_step = state["step"]
   log(f"tokenizer {vqvae.count_params(params):,} params, schedule {list(patch_nums)}, "
       f"V {cfg.tokenizer.vocab_size}; {cfg.run.steps} steps of {cfg.data.global_batch_size} "
       f"images from {cfg.data.dataset}[{cfg.data.train_split}] ({len(train_data)}); "
-      f"run dir {run_dir}")
+      f"run dir {run_dir}" + (f"; resumed at step {first_step}" if first_step else ""))
 
   # ---- loop
-  rng = np.random.default_rng([cfg.run.seed, 7])
-  last_used_V = np.zeros(cfg.tokenizer.vocab_size, np.int64)
-  image_sum, image_count, restarts = 0.0, 0, 0
+  params, opt_state = state["params"], state["opt_state"]
+  last_used_V = np.asarray(state["last_used_V"]).copy()
+  restarts, image_count = int(state["restarts"]), int(state["image_count"])
+  image_sum = np.asarray(state["image_sum"], np.float32)
   show_bar = sys.stdout.isatty() if progress is None else progress
   bar = None
   if show_bar:
     from tqdm import tqdm
-    bar = tqdm(total=cfg.run.steps, desc="tokenizer", unit="step")
+    bar = tqdm(total=cfg.run.steps, initial=first_step, desc="tokenizer", unit="step")
   metrics_path = os.path.join(run_dir, "metrics.jsonl")
-  t_loop = time.time()
-  with open(metrics_path, "w") as metrics_file:
+  _truncate_metrics(metrics_path, first_step)
+  t_loop, seen = time.time() - float(state["train_time"]), 0
+  with open(metrics_path, "a") as metrics_file:
     def write(record):
       metrics_file.write(json.dumps(record) + "\n")
       metrics_file.flush()
 
-    for step, batch in train_data.iterate(0, cfg.run.steps):
+    for step, batch in train_data.iterate(first_step, cfg.run.steps - first_step):
       params, opt_state, m = train_step(params, opt_state, batch["image"])
       image_sum = image_sum + batch["image"].sum(axis=0)
       image_count += len(batch["image"])
+      seen += len(batch["image"])
       used = np.asarray(m["counts_SxV"]).sum(axis=0) > 0
       last_used_V[used] = step
       if (step + 1) % RESTART_EVERY == 0 and step + 1 < cfg.run.steps:
+        # The generator is a function of the step, so a resumed run restarts the same codes.
+        rng = np.random.default_rng([cfg.run.seed, 7, step])
         params, n = restart_dead_codes(params, last_used_V, step, np.asarray(m["rest_NxC"]),
                                        rng)
         restarts += n
       if (step + 1) % cfg.run.log_every == 0 or step + 1 == cfg.run.steps:
-        record = {"step": step + 1, "time": time.time() - t_loop,
-                  "images_per_s": image_count / (time.time() - t_loop),
+        elapsed = time.time() - t_loop
+        record = {"step": step + 1, "time": elapsed,
+                  "images_per_s": seen / max(elapsed - float(state["train_time"]), 1e-9),
                   "restarted_codes": restarts,
                   **{k: float(m[k]) for k in ("loss", "l1", "l2", "vq_loss", "grad_norm")},
                   "usage": [round(float(u), 4) for u in m["usage_S"]]}
@@ -259,7 +287,12 @@ def train_tokenizer(cfg: Config, *, progress: bool | None = None,
         ev = evaluate(model, params, eval_data)
         write({"step": step + 1, **{f"eval/{k}": v for k, v in ev.items()}})
       if (step + 1) % cfg.run.checkpoint_every == 0 and step + 1 < cfg.run.steps:
-        _save_checkpoint(params, run_dir, step + 1, cfg.run.keep_checkpoints)
+        _save_checkpoint(run_dir, cfg.run.keep_checkpoints, {
+            "step": step + 1, "params": params, "opt_state": opt_state,
+            "last_used_V": last_used_V, "restarts": restarts, "image_sum": image_sum,
+            "image_count": image_count, "train_time": time.time() - t_loop})
+      if on_step is not None:
+        on_step(step + 1)
     if bar is not None:
       bar.close()
     train_time = time.time() - t_loop
@@ -271,22 +304,68 @@ def train_tokenizer(cfg: Config, *, progress: bool | None = None,
   store.save_params(params, os.path.join(run_dir, "params.msgpack"), cfg.run.steps)
   summary = {"steps": cfg.run.steps, "train_time_s": train_time,
              "wall_time_s": time.time() - start, "restarted_codes": restarts,
-             "num_params": vqvae.count_params(params),
+             "resumed_at_step": first_step, "num_params": vqvae.count_params(params),
              **{f"eval/{k}": v for k, v in ev.items()}}
   tmp = os.path.join(run_dir, "summary.json.tmp")
   with open(tmp, "w") as f:
     json.dump(summary, f, indent=2)
-  os.replace(tmp, os.path.join(run_dir, "summary.json"))
+  os.replace(tmp, os.path.join(run_dir, "summary.json"))  # written last: marks the run done
   return summary
 
 
-def _save_checkpoint(params, run_dir: str, step: int, keep: int) -> None:
+# ------------------------------------------------------------------ run directory
+
+def _claim_run_dir(run_dir: str, cfg: Config) -> None:
+  """Writes config.json, or checks that an existing run directory holds the same config."""
+  path = os.path.join(run_dir, "config.json")
+  if os.path.isfile(path):
+    if config_lib.load_config(path) != cfg:
+      raise VarjaxError(f"{run_dir} holds a run with another config; choose another "
+                        "--run.name or --out-dir (nothing was overwritten)")
+    return
+  os.makedirs(run_dir, exist_ok=True)
+  config_lib.save_config(cfg, path)
+
+
+def _checkpoints(run_dir: str) -> list[tuple[int, str]]:
   ckpt_dir = os.path.join(run_dir, "checkpoints")
-  store.save_params(params, os.path.join(ckpt_dir, f"step_{step}.msgpack"), step)
-  saved = sorted((int(name[5:-8]), name) for name in os.listdir(ckpt_dir)
-                 if name.startswith("step_") and name.endswith(".msgpack"))
-  for _, name in saved[:-keep]:
-    os.remove(os.path.join(ckpt_dir, name))
+  if not os.path.isdir(ckpt_dir):
+    return []
+  return sorted((int(name[5:-8]), os.path.join(ckpt_dir, name)) for name in os.listdir(ckpt_dir)
+                if name.startswith("step_") and name.endswith(".msgpack") and name[5:-8].isdigit())
+
+
+def _save_checkpoint(run_dir: str, keep: int, state: dict) -> None:
+  path = os.path.join(run_dir, "checkpoints", f"step_{state['step']}.msgpack")
+  data = flax.serialization.to_bytes(jax.device_get(state))
+  with open(f"{path}.tmp", "wb") as f:
+    f.write(data)
+  os.replace(f"{path}.tmp", path)  # never half-written under the final name
+  for _, old in _checkpoints(run_dir)[:-keep]:
+    os.remove(old)
+
+
+def _restore_latest(run_dir: str, template: dict, log: Callable[[str], None]) -> dict:
+  """The newest readable checkpoint (an unreadable one is skipped with a warning)."""
+  for step, path in reversed(_checkpoints(run_dir)):
+    try:
+      with open(path, "rb") as f:
+        return flax.serialization.from_bytes(template, f.read())
+    except Exception as e:  # truncated or foreign file: fall back to the one before
+      warnings.warn(f"skipping unreadable checkpoint {path}: {str(e).splitlines()[0]}",
+                    stacklevel=2)
+  return template
+
+
+def _truncate_metrics(path: str, step: int) -> None:
+  """Drops records logged after `step` (by a run that crashed before its next checkpoint)."""
+  if not os.path.isfile(path):
+    return
+  with open(path) as f:
+    lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+  with open(f"{path}.tmp", "w") as f:
+    f.writelines(lines)
+  os.replace(f"{path}.tmp", path)
 
 
 def format_summary(summary: dict[str, Any], patch_nums) -> str:
