@@ -102,8 +102,9 @@ def test_user_mistakes_are_one_line_errors(embedded_data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_default_tokenizer_beats_the_mean_image_in_minutes(embedded_data_dir, tmp_path):
-  """The demo tokenizer: ~5 min on 2 CPU cores (500 steps of 64 images)."""
+def test_default_tokenizer_beats_the_mean_image(embedded_data_dir, tmp_path):
+  """The demo tokenizer (500 steps of 64 images). Its training time (~5 min on 2 CPU
+  cores) is printed by the command and by `make demo`, not asserted here."""
   result = run_varjax("tokenizer", "train", "--data-dir", embedded_data_dir, "--out-dir",
                       str(tmp_path), timeout=900)
   assert result.returncode == 0, result.stderr
@@ -111,7 +112,6 @@ def test_default_tokenizer_beats_the_mean_image_in_minutes(embedded_data_dir, tm
     summary = json.load(f)
   assert summary["eval/mse"] < 0.4 * summary["eval/baseline_mse"]
   assert summary["eval/usage"][-1] > 0.5  # finest scale uses most of the vocabulary
-  assert summary["train_time_s"] < 600
 
 
 def test_preview_draws_reconstructions_scale_by_scale(tokenizer_run, embedded_data_dir,
