@@ -18,6 +18,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
+from varjax import files
 from varjax.errors import ConfigError
 
 # VAR's 256 px schedule: ten scales, L = 680 tokens, 16 x 16 latent.
@@ -399,14 +400,10 @@ def load_config(path: str | None = None, overrides: Sequence[str] | Mapping = ()
 def save_config(cfg: Config, path: str) -> None:
   """Writes JSON (`.json`) or YAML (anything else); `load_config(path)` reads it back."""
   values = to_dict(cfg)
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    if path.endswith(".json"):
-      json.dump(values, f, indent=2)
-      f.write("\n")
-    else:
-      yaml.safe_dump(values, f, sort_keys=False)
-  os.replace(tmp, path)  # never leave a half-written config behind
+  if path.endswith(".json"):
+    files.write_json(path, values)
+  else:
+    files.write_atomic(path, yaml.safe_dump(values, sort_keys=False))
 
 
 def replace(cfg: Config, **sections: Mapping[str, Any]) -> Config:

@@ -24,19 +24,12 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
+from varjax import files
 from varjax.data.pipeline import resize_and_crop, to_unit_range
 from varjax.errors import DataError, VarjaxError
 
 META = "meta.json"
 PROGRESS = "progress.json"
-
-
-def _write_json(path: str, values: dict) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(values, f, indent=2)
-    f.write("\n")
-  os.replace(tmp, path)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -95,7 +88,7 @@ def tokenize_split(tokenizer_dir: str, split: str, out_dir: str, *,
   labels = np.lib.format.open_memmap(os.path.join(out_dir, "labels.npy"), mode=mode,
                                      dtype=np.int32, shape=(n,))
   if mode == "w+":
-    _write_json(progress_path, {"settings": settings, "chunks_done": 0})
+    files.write_json(progress_path, {"settings": settings, "chunks_done": 0})
 
   # params as an argument, not a closure: constants the size of VAR's VAE slow compiles.
   encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=VQVAE.img_to_indices))
@@ -128,7 +121,7 @@ def tokenize_split(tokenizer_dir: str, split: str, out_dir: str, *,
       labels[ids[0]:ids[-1] + 1] = [lab for _, lab in examples]
     for arr in (*arrays, labels):
       arr.flush()
-    _write_json(progress_path, {"settings": settings, "chunks_done": c + 1})
+    files.write_json(progress_path, {"settings": settings, "chunks_done": c + 1})
     new_chunks += 1
     if bar is not None:
       bar.update(1)
@@ -139,7 +132,7 @@ def tokenize_split(tokenizer_dir: str, split: str, out_dir: str, *,
     complete = json.load(f)["chunks_done"] == num_chunks
   meta = dict(settings, complete=complete)
   if complete:
-    _write_json(os.path.join(out_dir, META), meta)
+    files.write_json(os.path.join(out_dir, META), meta)
     os.remove(progress_path)
   return meta
 

@@ -74,19 +74,19 @@ def _apply(x_BxHxWxC: jax.Array, m_h: np.ndarray, m_w: np.ndarray) -> jax.Array:
   return jnp.einsum("pw,bowc->bopc", jnp.asarray(m_w, dtype), y, precision=hp)
 
 
-def area_resize(x_BxHxWxC: jax.Array, size: int | tuple[int, int]) -> jax.Array:
-  """= torch F.interpolate(mode='area') = adaptive_avg_pool2d; returns [B, h, w, C]."""
+def _resize(x_BxHxWxC: jax.Array, size: int | tuple[int, int], matrix) -> jax.Array:
   h, w = _size(size)
   H, W = x_BxHxWxC.shape[1:3]
   if (h, w) == (H, W):
     return x_BxHxWxC
-  return _apply(x_BxHxWxC, area_matrix(H, h), area_matrix(W, w))
+  return _apply(x_BxHxWxC, matrix(H, h), matrix(W, w))
+
+
+def area_resize(x_BxHxWxC: jax.Array, size: int | tuple[int, int]) -> jax.Array:
+  """= torch F.interpolate(mode='area') = adaptive_avg_pool2d; returns [B, h, w, C]."""
+  return _resize(x_BxHxWxC, size, area_matrix)
 
 
 def bicubic_resize(x_BxHxWxC: jax.Array, size: int | tuple[int, int]) -> jax.Array:
   """= torch F.interpolate(mode='bicubic', align_corners=False); returns [B, h, w, C]."""
-  h, w = _size(size)
-  H, W = x_BxHxWxC.shape[1:3]
-  if (h, w) == (H, W):
-    return x_BxHxWxC
-  return _apply(x_BxHxWxC, bicubic_matrix(H, h), bicubic_matrix(W, w))
+  return _resize(x_BxHxWxC, size, bicubic_matrix)

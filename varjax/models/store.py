@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from varjax import config as config_lib
+from varjax import files
 from varjax.errors import VarjaxError
 
 CONFIG_FILE = "config.json"
@@ -28,11 +29,8 @@ PARAMS_FILE = "params.msgpack"
 
 
 def save_params(params, path: str, step: int = 0) -> None:
-  data = flax.serialization.to_bytes({"step": step, "params": jax.device_get(params)})
-  tmp = f"{path}.tmp"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
+  files.write_atomic(path, flax.serialization.to_bytes(
+      {"step": step, "params": jax.device_get(params)}))
 
 
 def read_params(path: str, template) -> tuple[Any, int]:

@@ -31,6 +31,7 @@ import numpy as np
 import optax
 
 from varjax import config as config_lib
+from varjax import files
 from varjax.config import Config, OptimConfig
 from varjax.data.pipeline import ImagePipeline, pipeline_from_config
 from varjax.errors import VarjaxError
@@ -306,10 +307,7 @@ def train_tokenizer(cfg: Config, *, progress: bool | None = None,
              "wall_time_s": time.time() - start, "restarted_codes": restarts,
              "resumed_at_step": first_step, "num_params": vqvae.count_params(params),
              **{f"eval/{k}": v for k, v in ev.items()}}
-  tmp = os.path.join(run_dir, "summary.json.tmp")
-  with open(tmp, "w") as f:
-    json.dump(summary, f, indent=2)
-  os.replace(tmp, os.path.join(run_dir, "summary.json"))  # written last: marks the run done
+  files.write_json(os.path.join(run_dir, "summary.json"), summary)  # last: marks the run done
   return summary
 
 
@@ -337,10 +335,7 @@ def _checkpoints(run_dir: str) -> list[tuple[int, str]]:
 
 def _save_checkpoint(run_dir: str, keep: int, state: dict) -> None:
   path = os.path.join(run_dir, "checkpoints", f"step_{state['step']}.msgpack")
-  data = flax.serialization.to_bytes(jax.device_get(state))
-  with open(f"{path}.tmp", "wb") as f:
-    f.write(data)
-  os.replace(f"{path}.tmp", path)  # never half-written under the final name
+  files.write_atomic(path, flax.serialization.to_bytes(jax.device_get(state)))
   for _, old in _checkpoints(run_dir)[:-keep]:
     os.remove(old)
 
@@ -363,9 +358,7 @@ def _truncate_metrics(path: str, step: int) -> None:
     return
   with open(path) as f:
     lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-  with open(f"{path}.tmp", "w") as f:
-    f.writelines(lines)
-  os.replace(f"{path}.tmp", path)
+  files.write_atomic(path, "".join(lines))
 
 
 def format_summary(summary: dict[str, Any], patch_nums) -> str:
