@@ -1,7 +1,8 @@
 """Image resizes with PyTorch's exact semantics, NHWC, as separable (out, in) matrices.
 
 VAR's tokenizer and teacher forcing use `F.interpolate(mode='area')` and
-`F.interpolate(mode='bicubic', align_corners=False)`; token pyramids are only
+`F.interpolate(mode='bicubic', align_corners=False)`, and FID's Inception sees its input
+through `F.interpolate(mode='bilinear', align_corners=False)`; token pyramids are only
 interchangeable with VAR's if we resize the same way. `jax.image.resize` differs on both:
 its 'cubic' uses a = -0.5 (Keys) and antialiases when downsampling, and it has no 'area'
 mode with PyTorch's overlapping adaptive-pooling bins. Both PyTorch ops are separable and
@@ -63,6 +64,24 @@ def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
   return m.astype(np.float32)
 
 
+@functools.lru_cache(maxsize=256)
+def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """float32[n_out, n_in]: PyTorch bilinear, align_corners=False, no antialias.
+
+  src = (dst + 0.5) n_in / n_out - 0.5 clamped at 0 (linear modes clamp, cubic does not);
+  output i mixes inputs floor(src) and floor(src) + 1 (the border pixel past the end).
+  """
+  m = np.zeros((n_out, n_in), np.float64)
+  scale = n_in / n_out
+  for i in range(n_out):
+    src = max((i + 0.5) * scale - 0.5, 0.0)
+    lo = min(int(np.floor(src)), n_in - 1)
+    frac = src - lo
+    m[i, lo] += 1 - frac
+    m[i, min(lo + 1, n_in - 1)] += frac
+  return m.astype(np.float32)
+
+
 def _size(size: int | tuple[int, int]) -> tuple[int, int]:
   return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
@@ -85,6 +104,11 @@ def _resize(x_BxHxWxC: jax.Array, size: int | tuple[int, int], matrix) -> jax.Ar
 def area_resize(x_BxHxWxC: jax.Array, size: int | tuple[int, int]) -> jax.Array:
   """= torch F.interpolate(mode='area') = adaptive_avg_pool2d; returns [B, h, w, C]."""
   return _resize(x_BxHxWxC, size, area_matrix)
+
+
+def bilinear_resize(x_BxHxWxC: jax.Array, size: int | tuple[int, int]) -> jax.Array:
+  """= torch F.interpolate(mode='bilinear', align_corners=False); returns [B, h, w, C]."""
+  return _resize(x_BxHxWxC, size, bilinear_matrix)
 
 
 def bicubic_resize(x_BxHxWxC: jax.Array, size: int | tuple[int, int]) -> jax.Array:
