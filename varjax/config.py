@@ -137,6 +137,10 @@ class DataConfig:
   manual_dir: str | None = None  # for datasets built from downloaded files (imagenet2012)
   image_key: str = "image"
   label_key: str = "label"  # "" for unlabelled datasets (all labels 0)
+  # VAR training reads token pyramids (`varjax tokenize`): tokens/<train_split> and
+  # tokens/<eval_split>. The tokenizer defaults to the one recorded in their meta.json.
+  tokens: str | None = None
+  tokenizer: str | None = None
 
   def __post_init__(self):
     _check(bool(self.dataset), "data.dataset", "must not be empty")
@@ -158,6 +162,7 @@ class OptimConfig:
   schedule: Literal["linear", "cosine", "wsd", "constant"] = "linear"
   decay_fraction: float = 0.2  # wsd: last fraction of the steps decays
   min_lr_ratio: float = 0.0
+  grad_accum_steps: int = 1  # micro-batches per optimizer step (global batch / this each)
 
   def __post_init__(self):
     _check(self.base_lr > 0, "optim.base_lr", "must be > 0")
@@ -169,6 +174,7 @@ class OptimConfig:
     _check(self.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
     _check(0 < self.decay_fraction <= 1, "optim.decay_fraction", "must be in (0, 1]")
     _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
+    _check(self.grad_accum_steps >= 1, "optim.grad_accum_steps", "must be >= 1")
 
   def resolved_peak_lr(self, global_batch_size: int) -> float:
     return self.peak_lr if self.peak_lr is not None else self.base_lr * global_batch_size / 256
@@ -208,6 +214,7 @@ class RunConfig:
   eval_every: int = 500
   checkpoint_every: int = 500
   keep_checkpoints: int = 2
+  eval_examples: int = 0  # examples of the eval split per evaluation; 0: all of it
 
   def __post_init__(self):
     _check(bool(self.name) and "/" not in self.name, "run.name",
@@ -215,6 +222,7 @@ class RunConfig:
     _check(self.steps >= 0, "run.steps", f"must be >= 0, got {self.steps}")
     for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
       _check(getattr(self, key) >= 1, f"run.{key}", "must be >= 1")
+    _check(self.eval_examples >= 0, "run.eval_examples", "must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)

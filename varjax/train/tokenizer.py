@@ -30,13 +30,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from varjax import config as config_lib
 from varjax import files
 from varjax.config import Config, OptimConfig
 from varjax.data.pipeline import ImagePipeline, pipeline_from_config
-from varjax.errors import VarjaxError
 from varjax.models import scales, store, vqvae
 from varjax.models.vqvae import VQVAE
+from varjax.train import metrics as metrics_lib, optimizer, rundir
 
 # preset -> (dataset, resolution, schedule): what `--preset` sets besides the tokenizer.
 PRESET_DATA: dict[str, tuple[str, int, tuple[int, ...]]] = {
@@ -71,36 +70,11 @@ def base_config(preset: str = "vqvae-tiny32") -> dict[str, Any]:
 
 # ------------------------------------------------------------------ optimizer
 
-def lr_schedule(optim: OptimConfig, total_steps: int, batch_size: int) -> Callable:
-  """Linear warmup to the peak, then constant / linear / cosine / wsd decay to min_lr."""
-  peak = optim.resolved_peak_lr(batch_size)
-  low, warm = peak * optim.min_lr_ratio, optim.warmup_steps
-
-  def fn(step):
-    step = jnp.asarray(step, jnp.float32)
-    frac = jnp.clip((step - warm) / max(total_steps - warm, 1), 0.0, 1.0)
-    if optim.schedule == "constant":
-      decayed = jnp.full_like(frac, peak)
-    elif optim.schedule == "linear":
-      decayed = peak + (low - peak) * frac
-    elif optim.schedule == "cosine":
-      decayed = low + (peak - low) * 0.5 * (1 + jnp.cos(jnp.pi * frac))
-    else:  # wsd: constant, then linear decay over the last decay_fraction of the steps
-      start = 1 - optim.decay_fraction
-      decayed = peak + (low - peak) * jnp.clip((frac - start) / optim.decay_fraction, 0, 1)
-    return jnp.where(step < warm, peak * (step + 1) / max(warm, 1), decayed)
-
-  return fn
-
-
 def make_optimizer(optim: OptimConfig, total_steps: int, batch_size: int):
   # Decay conv kernels only: decaying the codebook would pull codes towards 0, and norms
   # and biases are not decayed in VAR's recipe either.
-  decay_mask = lambda params: jax.tree_util.tree_map(lambda p: p.ndim == 4, params)
-  return optax.chain(
-      optax.clip_by_global_norm(optim.grad_clip),
-      optax.adamw(lr_schedule(optim, total_steps, batch_size), b1=optim.b1, b2=optim.b2,
-                  weight_decay=optim.weight_decay, mask=decay_mask))
+  conv_kernels = lambda params: jax.tree_util.tree_map(lambda p: p.ndim == 4, params)
+  return optimizer.adamw(optim, total_steps, batch_size, decay_mask=conv_kernels)
 
 
 # ------------------------------------------------------------------ steps
@@ -213,7 +187,7 @@ def train_tokenizer(cfg: Config, *, progress: bool | None = None,
   vqvae.check_image_size((1, cfg.data.resolution, cfg.data.resolution, 3), cfg.tokenizer,
                          patch_nums)
   run_dir = os.path.join(cfg.run.out_dir, cfg.run.name)
-  _claim_run_dir(run_dir, cfg)
+  rundir.claim(run_dir, cfg)
   if os.path.isfile(os.path.join(run_dir, "summary.json")):
     log(f"{run_dir} is a finished run of this config; nothing to do")
     with open(os.path.join(run_dir, "summary.json")) as f:
@@ -252,7 +226,7 @@ def train_tokenizer(cfg: Config, *, progress: bool | None = None,
     from tqdm import tqdm
     bar = tqdm(total=cfg.run.steps, initial=first_step, desc="tokenizer", unit="step")
   metrics_path = os.path.join(run_dir, "metrics.jsonl")
-  _truncate_metrics(metrics_path, first_step)
+  metrics_lib.truncate_after(run_dir, first_step)
   t_loop, seen = time.time() - float(state["train_time"]), 0
   with open(metrics_path, "a") as metrics_file:
     def write(record):
@@ -313,18 +287,6 @@ def train_tokenizer(cfg: Config, *, progress: bool | None = None,
 
 # ------------------------------------------------------------------ run directory
 
-def _claim_run_dir(run_dir: str, cfg: Config) -> None:
-  """Writes config.json, or checks that an existing run directory holds the same config."""
-  path = os.path.join(run_dir, "config.json")
-  if os.path.isfile(path):
-    if config_lib.load_config(path) != cfg:
-      raise VarjaxError(f"{run_dir} holds a run with another config; choose another "
-                        "--run.name or --out-dir (nothing was overwritten)")
-    return
-  os.makedirs(run_dir, exist_ok=True)
-  config_lib.save_config(cfg, path)
-
-
 def _checkpoints(run_dir: str) -> list[tuple[int, str]]:
   ckpt_dir = os.path.join(run_dir, "checkpoints")
   if not os.path.isdir(ckpt_dir):
@@ -350,15 +312,6 @@ def _restore_latest(run_dir: str, template: dict, log: Callable[[str], None]) ->
       warnings.warn(f"skipping unreadable checkpoint {path}: {str(e).splitlines()[0]}",
                     stacklevel=2)
   return template
-
-
-def _truncate_metrics(path: str, step: int) -> None:
-  """Drops records logged after `step` (by a run that crashed before its next checkpoint)."""
-  if not os.path.isfile(path):
-    return
-  with open(path) as f:
-    lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-  files.write_atomic(path, "".join(lines))
 
 
 def format_summary(summary: dict[str, Any], patch_nums) -> str:

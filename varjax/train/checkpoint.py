@@ -1,0 +1,88 @@
+"""Training checkpoints with orbax: periodic and final saves, keep-last-N, resume, SIGTERM.
+
+A checkpoint `checkpoints/<step>/` holds the whole training state (params, AdamW state,
+step, RNG key data; sharded arrays written by every process) and a JSON record (step, data
+position = examples consumed, config digest, wall time). Orbax writes into a temporary
+directory and renames it when complete, so a crash or kill -9 never leaves a checkpoint
+that looks finished. A checkpoint that is finished but unreadable (truncated or deleted
+files) is skipped with a warning and the one before it is used. An existing step is never
+overwritten: orbax refuses, and we only save steps greater than the latest.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import warnings
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+from varjax.errors import VarjaxError
+
+STATE, RECORD = "state", "record"
+
+
+class Checkpoints:
+  """`CheckpointManager` over `run_dir/checkpoints` keeping the last `keep` steps."""
+
+  def __init__(self, run_dir: str, keep: int):
+    self.directory = os.path.join(os.path.abspath(run_dir), "checkpoints")
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           cleanup_tmp_directories=True,
+                                           enable_async_checkpointing=False)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def save(self, step: int, state: Any, record: dict) -> None:
+    if step in self.manager.all_steps():
+      return  # the same step from the same run: nothing new to write, nothing overwritten
+    self.manager.save(step, args=ocp.args.Composite(**{
+        STATE: ocp.args.StandardSave(state), RECORD: ocp.args.JsonSave(record)}), force=True)
+    self.manager.wait_until_finished()
+
+  def restore_latest(self, abstract_state: Any) -> tuple[Any, dict] | None:
+    """(state, record) of the newest readable checkpoint, or None if there is none.
+    `abstract_state` holds jax.ShapeDtypeStructs with the target shardings."""
+    for step in reversed(self.steps()):
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(**{
+            STATE: ocp.args.StandardRestore(abstract_state),
+            RECORD: ocp.args.JsonRestore()}))
+        return restored[STATE], dict(restored[RECORD])
+      except Exception as e:  # orbax raises many types for damaged files
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        warnings.warn(f"checkpoint {self.directory}/{step} is unreadable ({first}); "
+                      f"trying the one before it", stacklevel=2)
+    return None
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+class PreemptionFlag:
+  """Set by SIGTERM (TPU/cloud preemption, `kill`, Ray stopping a task): the loop saves a
+  checkpoint at the end of the current step and exits. Only the main thread can install
+  the handler; elsewhere the flag simply stays unset."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def restore(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+
+class Preempted(VarjaxError):
+  """Raised after the preemption checkpoint is written; the CLI exits with 143."""

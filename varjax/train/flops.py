@@ -1,0 +1,110 @@
+"""Training FLOPs of a VAR model, counted exactly, beside the 6ND convention; and MFU.
+
+Exact count (one multiply-add = 2 FLOPs, training = forward + backward):
+  per token     word_embed (Cv x C, tokens after the first scale), per block qkv 3C^2,
+                proj C^2, fc1 C F, fc2 F C, and the head C V
+  per image     AdaLN: per block C -> 6C (or one shared Linear) and the head's C -> 2C,
+                applied once to the class embedding, not per token
+  attention     per block 2 C A for q k^T and 2 C A for p v, A = allowed (query, key) pairs
+                of the scale-causal mask (0.619 L^2 at 256 px); `dense_attention=True`
+                counts A = L^2, which is what a dense kernel executes
+  backward      2 x forward, except word_embed (its input is data: weight gradient only)
+
+6ND convention: 6 x N x L per image, N = non-embedding parameters with and without the
+head. It overcounts AdaLN (per image, not per token) and ignores attention.
+
+MFU = achieved model FLOPs per second / peak. Peaks: published dense bf16 figures per chip
+for accelerators; on CPU the peak is measured at start-up by `measure_cpu_peak` (the best
+of a few large fp32 matmuls under the same XLA settings as the training step).
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+
+from varjax.config import ModelConfig
+from varjax.kernels import mask as mask_lib
+from varjax.models import var
+
+# Dense bf16 peak FLOP/s per chip (vendor figures; H100/H200 SXM without sparsity).
+PEAK_FLOPS: dict[str, float] = {
+    "tpu v4": 275e12,
+    "tpu v5 lite": 197e12,  # v5e reports its device_kind as "TPU v5 lite"
+    "tpu v5e": 197e12,
+    "tpu v5p": 459e12,
+    "tpu v5": 459e12,
+    "tpu v6 lite": 918e12,  # v6e (Trillium)
+    "tpu v6e": 918e12,
+    "h100": 989e12,
+    "h200": 989e12,
+}
+
+
+def allowed_pairs(patch_nums) -> int:
+  """Number of (query, key) pairs the scale-causal mask allows."""
+  return int(round(mask_lib.allowed_fraction(patch_nums) * var.scales.num_tokens(patch_nums)
+                   ** 2))
+
+
+def training_flops(cfg: ModelConfig, dense_attention: bool = False) -> dict[str, float]:
+  """FLOPs per image of one training step (forward + backward), by part, and 6ND."""
+  c, v, cv = cfg.resolved_width, cfg.vocab_size, cfg.latent_channels
+  f = int(round(c * cfg.mlp_ratio))
+  length, first = cfg.num_tokens, cfg.first_tokens
+  pairs = length * length if dense_attention else allowed_pairs(cfg.patch_nums)
+  fwd = {
+      "word_embed": 2 * (length - first) * cv * c,
+      "blocks_matmul": cfg.depth * 2 * length * (3 * c * c + c * c + 2 * c * f),
+      "attention": cfg.depth * 4 * c * pairs,
+      "head": 2 * length * c * v,
+      "adaln": 2 * (c * 6 * c * (1 if cfg.shared_aln else cfg.depth) + c * 2 * c),
+  }
+  train = {k: (2 if k == "word_embed" else 3) * x for k, x in fwd.items()}
+  counts = var.count_params(cfg)
+  out = {f"{k}": float(x) for k, x in train.items()}
+  out["total"] = float(sum(train.values()))
+  out["forward"] = float(sum(fwd.values()))
+  out["6nd"] = 6.0 * counts["non_embedding"] * length
+  out["6nd_no_head"] = 6.0 * (counts["non_embedding"] - counts["head"]) * length
+  out["tokens_per_image"] = float(length)
+  out["attention_density"] = pairs / (length * length)
+  return out
+
+
+def device_peak_flops(device: jax.Device | None = None) -> float | None:
+  """Published per-chip peak for TPUs and H100/H200, None when unknown (e.g. CPU)."""
+  kind = (device or jax.devices()[0]).device_kind.lower()
+  for key in sorted(PEAK_FLOPS, key=len, reverse=True):
+    if key in kind:
+      return PEAK_FLOPS[key]
+  return None
+
+
+def measure_cpu_peak(size: int = 2048, repeats: int = 8, rounds: int = 3) -> float:
+  """FLOP/s of the best round of `repeats` fp32 size^3 matmuls on the default device: the
+  matmul peak this machine actually reaches (all cores, same XLA flags as training)."""
+  a = jnp.ones((size, size), jnp.float32)
+  b = jnp.full((size, size), 0.5, jnp.float32)
+  mm = jax.jit(lambda x, y: x @ y)
+  mm(a, b).block_until_ready()
+  best = 0.0
+  for _ in range(rounds):
+    start = time.perf_counter()
+    for _ in range(repeats):
+      out = mm(a, b)
+    out.block_until_ready()
+    best = max(best, 2 * size ** 3 * repeats / (time.perf_counter() - start))
+  return best
+
+
+def peak_flops(measure_if_unknown: bool = True) -> tuple[float | None, str]:
+  """(peak FLOP/s per device, where it comes from)."""
+  peak = device_peak_flops()
+  if peak is not None:
+    return peak, f"published bf16 peak of {jax.devices()[0].device_kind}"
+  if not measure_if_unknown:
+    return None, "unknown"
+  return measure_cpu_peak(), "fp32 matmul peak measured at start-up"

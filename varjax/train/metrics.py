@@ -1,0 +1,104 @@
+"""Training metrics: `metrics.jsonl` in the run dir, TensorBoard events, a progress bar.
+
+Each line of metrics.jsonl is one JSON object with `step` and `split` ("train" or "eval");
+lists (per-scale values) stay lists. The file is appended and flushed line by line, so a
+crash loses at most the line being written. On resume, lines beyond the restored step
+are dropped first (they belong to steps that are about to be recomputed), so the curve of
+a resumed run equals the curve of an uninterrupted one.
+
+TensorBoard event files go to `run_dir/tensorboard` (scalars only; per-scale lists become
+`loss_per_scale/<k>`), written with tf.summary, which the TFDS dependency already brings.
+Only process 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from typing import Any
+
+import jax
+import numpy as np
+
+from varjax import files
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _plain(value):
+  value = np.asarray(value) if isinstance(value, (jax.Array, np.ndarray, np.generic)) else value
+  if isinstance(value, np.ndarray):
+    return value.item() if value.ndim == 0 else value.tolist()
+  return value
+
+
+def truncate_after(run_dir: str, step: int) -> None:
+  """Drops metrics lines with step > `step` (and a torn last line) before a resume."""
+  path = os.path.join(run_dir, METRICS_FILE)
+  if not os.path.exists(path):
+    return
+  kept = []
+  with open(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue  # a line cut short by a crash
+      if record.get("step", 0) <= step:
+        kept.append(json.dumps(record))
+  files.write_atomic(path, "".join(k + "\n" for k in kept))
+
+
+class MetricsWriter:
+  def __init__(self, run_dir: str, tensorboard: bool = True):
+    self.enabled = jax.process_index() == 0
+    self.path = os.path.join(run_dir, METRICS_FILE)
+    self._file = open(self.path, "a") if self.enabled else None
+    self._tb = None
+    if self.enabled and tensorboard:
+      try:
+        import tensorflow as tf
+        tf.config.set_visible_devices([], "GPU")  # TF must not grab accelerator memory
+        self._tb = tf.summary.create_file_writer(os.path.join(run_dir, "tensorboard"))
+        self._tf = tf
+      except ImportError:  # tensorflow is optional for metrics: jsonl is the record
+        self._tb = None
+
+  def write(self, step: int, split: str, values: dict[str, Any]) -> dict[str, Any]:
+    record = {"step": int(step), "split": split, **{k: _plain(v) for k, v in values.items()}}
+    if not self.enabled:
+      return record
+    self._file.write(json.dumps(record) + "\n")
+    self._file.flush()
+    if self._tb is not None:
+      with self._tb.as_default(step=int(step)):
+        for key, value in record.items():
+          if key in ("step", "split"):
+            continue
+          if isinstance(value, list):
+            for i, v in enumerate(value):
+              if isinstance(v, (int, float)) and math.isfinite(v):
+                self._tf.summary.scalar(f"{split}/{key}/{i}", v)
+          elif isinstance(value, (int, float)) and not isinstance(value, bool) \
+              and math.isfinite(value):
+            self._tf.summary.scalar(f"{split}/{key}", value)
+    return record
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+    if self._tb is not None:
+      self._tb.flush()
+      self._tb.close()
+
+
+def progress_bar(total: int, initial: int, desc: str, enabled: bool | None = None):
+  """tqdm bar with ETA when stderr is a terminal (or forced); None otherwise."""
+  if enabled is None:
+    enabled = sys.stderr.isatty()
+  if not enabled or jax.process_index() != 0:
+    return None
+  from tqdm import tqdm
+  return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
