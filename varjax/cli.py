@@ -287,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
   sample.add_argument("--batch-size", type=int, default=32)
   sample.add_argument("--out", default="samples.png")
   sample.set_defaults(func=_cmd_sample)
+  from varjax.eval import cli as eval_cli
+  eval_cli.add_parser(commands)
   return parser
 
 
