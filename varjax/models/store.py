@@ -63,6 +63,15 @@ def read_model_config(directory: str, what: str, hint: str = "") -> config_lib.C
   return config_lib.load_config(os.path.join(directory, CONFIG_FILE))
 
 
+def check_same_tokens(var_cfg: config_lib.Config, tok_cfg: config_lib.Config,
+                      var_name: str = "the model", tok_name: str = "the tokenizer") -> None:
+  """A VAR model and a tokenizer must agree on the schedule, codebook and latent width."""
+  for key in ("patch_nums", "vocab_size", "latent_channels"):
+    a, b = getattr(var_cfg.model, key), getattr(tok_cfg.model, key)
+    if tuple(np.atleast_1d(a)) != tuple(np.atleast_1d(b)):
+      raise VarjaxError(f"{var_name} and {tok_name} disagree on {key}: {a} vs {b}")
+
+
 def load_tokenizer(directory: str):
   """(VQVAE model, params, Config) of a trained or converted tokenizer."""
   from varjax.models import vqvae
