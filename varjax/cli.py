@@ -177,6 +177,47 @@ def _cmd_sample(args) -> None:
         f"{os.path.splitext(path)[0]}.json)")
 
 
+def _cmd_train(args) -> None:
+  from varjax.parallel import distributed
+  distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+  from varjax.train import checkpoint, loop
+  cfg = _model_config(args)
+  try:
+    summary = loop.train(cfg, progress=None if args.progress == "auto" else
+                         args.progress == "on")
+  except checkpoint.Preempted as e:
+    print(f"varjax: {e}", file=sys.stderr)
+    sys.exit(143)
+  print(f"{cfg.run.name}: eval loss {summary['loss']:.4f}, token error "
+        f"{summary['token_error']:.2f}% after {summary['steps']} steps "
+        f"({summary['tokens']:,} tokens, {summary['flops_exact']:.3g} FLOPs; "
+        f"{summary['train_time_s']:.0f} s training)")
+
+
+def _cmd_flops(args) -> None:
+  from varjax.train import flops
+  cfg = _model_config(args).model
+  counts = flops.training_flops(cfg)
+  if args.json:
+    print(json.dumps({"model": cfg.name, "patch_nums": list(cfg.patch_nums),
+                      "per_image": counts}, indent=2))
+    return
+  print(f"{cfg.name}: training FLOPs per image ({cfg.num_tokens} tokens "
+        f"{list(cfg.patch_nums)}, attention density {counts['attention_density']:.3f})")
+  for key in ("word_embed", "blocks_matmul", "attention", "head", "adaln", "total"):
+    print(f"  {key:<14}{counts[key]:>22,.0f}")
+  print(f"  {'6ND':<14}{counts['6nd']:>22,.0f}  ({counts['6nd'] / counts['total']:.3f} x exact)")
+  print(f"  {'6ND no head':<14}{counts['6nd_no_head']:>22,.0f}  "
+        f"({counts['6nd_no_head'] / counts['total']:.3f} x exact)")
+
+
+def _cmd_bench_train(args) -> None:
+  from varjax.train import bench
+  result = bench.bench_train(args.model, args.patch_nums, args.batch, vocab_size=args.vocab,
+                             steps=args.steps, attn_impl=args.attn_impl, dtype=args.dtype)
+  print(json.dumps(result, indent=2) if args.json else bench.format_result(result))
+
+
 def _int_list(text: str) -> list[int]:
   try:
     return [int(v) for v in text.replace(" ", "").split(",") if v]
@@ -287,6 +328,43 @@ def build_parser() -> argparse.ArgumentParser:
   sample.add_argument("--batch-size", type=int, default=32)
   sample.add_argument("--out", default="samples.png")
   sample.set_defaults(func=_cmd_sample)
+  train = commands.add_parser(
+      "train", help="one VAR training run into run.out_dir/run.name (resumable)",
+      epilog="overrides: --section.key=value, e.g. --model.depth=4 --data.tokens=DIR "
+             "--run.steps=200 --mesh.data=-1 --mesh.tensor=2")
+  train.add_argument("--config", default=None, help="YAML or JSON config file")
+  train.add_argument("--model", default=None, help="model name, e.g. var-d4")
+  train.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
+                     help="progress bar (auto: when stderr is a terminal)")
+  train.add_argument("--coordinator", default=None,
+                     help="multi-process: HOST:PORT of process 0 (TPU pods: not needed)")
+  train.add_argument("--num-processes", type=int, default=None)
+  train.add_argument("--process-id", type=int, default=None)
+  train.set_defaults(func=_cmd_train, takes_overrides=True)
+
+  flops = commands.add_parser(
+      "flops", help="training FLOPs per image: exact count and 6ND side by side",
+      epilog="overrides: --section.key=value, e.g. --model.patch_nums=1,2,3,4")
+  flops.add_argument("--model", default="var-d16", help="var-d<depth> (default: var-d16)")
+  flops.add_argument("--config", default=None, help="YAML or JSON config file")
+  flops.add_argument("--json", action="store_true")
+  flops.set_defaults(func=_cmd_flops, takes_overrides=True)
+
+  bench = commands.add_parser("bench", help="throughput benchmarks").add_subparsers(
+      dest="bench_command", required=True, metavar="WHAT")
+  bench_train = bench.add_parser(
+      "train", help="full training steps (forward, backward, AdamW): tokens/s and MFU "
+                    "against the peak measured in the same run")
+  bench_train.add_argument("--model", default="var-d4")
+  bench_train.add_argument("--patch-nums", type=_int_list, default=[1, 2, 3, 4, 5, 6, 8])
+  bench_train.add_argument("--batch", type=int, default=32)
+  bench_train.add_argument("--vocab", type=int, default=4096)
+  bench_train.add_argument("--steps", type=int, default=5, help="timed steps")
+  bench_train.add_argument("--attn-impl", default="auto",
+                           choices=("auto", "xla", "splash", "pallas", "cudnn"))
+  bench_train.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  bench_train.add_argument("--json", action="store_true")
+  bench_train.set_defaults(func=_cmd_bench_train)
   from varjax.eval import cli as eval_cli
   eval_cli.add_parser(commands)
   return parser

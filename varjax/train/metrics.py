@@ -7,7 +7,7 @@ are dropped first (they belong to steps that are about to be recomputed), so the
 a resumed run equals the curve of an uninterrupted one.
 
 TensorBoard event files go to `run_dir/tensorboard` (scalars only; per-scale lists become
-`loss_per_scale/<k>`), written with tf.summary, which the TFDS dependency already brings.
+`loss_per_scale/<k>`), written with tensorboardX (no TensorFlow or TensorBoard server needed).
 Only process 0 writes.
 """
 
@@ -58,13 +58,8 @@ class MetricsWriter:
     self._file = open(self.path, "a") if self.enabled else None
     self._tb = None
     if self.enabled and tensorboard:
-      try:
-        import tensorflow as tf
-        tf.config.set_visible_devices([], "GPU")  # TF must not grab accelerator memory
-        self._tb = tf.summary.create_file_writer(os.path.join(run_dir, "tensorboard"))
-        self._tf = tf
-      except ImportError:  # tensorflow is optional for metrics: jsonl is the record
-        self._tb = None
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard"), flush_secs=30)
 
   def write(self, step: int, split: str, values: dict[str, Any]) -> dict[str, Any]:
     record = {"step": int(step), "split": split, **{k: _plain(v) for k, v in values.items()}}
@@ -73,17 +68,16 @@ class MetricsWriter:
     self._file.write(json.dumps(record) + "\n")
     self._file.flush()
     if self._tb is not None:
-      with self._tb.as_default(step=int(step)):
-        for key, value in record.items():
-          if key in ("step", "split"):
-            continue
-          if isinstance(value, list):
-            for i, v in enumerate(value):
-              if isinstance(v, (int, float)) and math.isfinite(v):
-                self._tf.summary.scalar(f"{split}/{key}/{i}", v)
-          elif isinstance(value, (int, float)) and not isinstance(value, bool) \
-              and math.isfinite(value):
-            self._tf.summary.scalar(f"{split}/{key}", value)
+      for key, value in record.items():
+        if key in ("step", "split"):
+          continue
+        if isinstance(value, list):
+          for i, v in enumerate(value):
+            if isinstance(v, (int, float)) and math.isfinite(v):
+              self._tb.add_scalar(f"{split}/{key}/{i}", v, int(step))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and math.isfinite(value):
+          self._tb.add_scalar(f"{split}/{key}", value, int(step))
     return record
 
   def close(self) -> None:

@@ -1,0 +1,275 @@
+"""`varjax train`: one VAR training run on token pyramids, sharded over a device mesh.
+
+    varjax train --config sweeps/configs/demo.yaml --model.depth=4 --run.name d4
+
+Flow: claim the run directory (config.json) -> mesh -> state (restored from the newest
+readable checkpoint, or initialised in its shards) -> for each step: this process's rows
+of the global batch from the token cache, teacher-forced inputs from the frozen tokenizer,
+one jitted train step -> metrics.jsonl / TensorBoard every log_every steps, held-out
+evaluation every eval_every steps, a checkpoint every checkpoint_every steps, on SIGTERM
+and at the end -> final params (the run dir is then a model dir) and summary.json, written
+last. The data order is a pure function of (seed, step), so a resumed run reads exactly the
+batches the interrupted one would have: resuming is bitwise on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from varjax import files
+from varjax.config import Config
+from varjax.data import pipeline, tokens as tokens_lib
+from varjax.errors import VarjaxError
+from varjax.models import scales, store, var
+from varjax.parallel import distributed, mesh as mesh_lib, rules
+from varjax.train import checkpoint, flops as flops_lib, metrics as metrics_lib, optimizer
+from varjax.train import rundir, step as step_lib
+
+
+class NonFiniteLoss(VarjaxError):
+  pass
+
+
+class TokenData:
+  """This process's rows of each global batch of a token-pyramid split."""
+
+  def __init__(self, path: str, cfg: Config, mesh, shuffle_seed: int | None):
+    self.pyramids = tokens_lib.TokenPyramids(path)
+    self.path, self.cfg, self.mesh, self.seed = path, cfg, mesh, shuffle_seed
+    self.batch_size = cfg.data.global_batch_size
+    self.rows = distributed.process_rows(self.batch_size, mesh)
+    if tuple(self.pyramids.patch_nums) != tuple(cfg.model.patch_nums):
+      raise VarjaxError(f"{path} holds schedule {list(self.pyramids.patch_nums)}, the model "
+                        f"uses {list(cfg.model.patch_nums)} (set --model.patch_nums)")
+    if self.pyramids.vocab_size != cfg.model.vocab_size:
+      raise VarjaxError(f"{path} holds tokens of a {self.pyramids.vocab_size}-code tokenizer, "
+                        f"the model has model.vocab_size {cfg.model.vocab_size}")
+
+    top = int(np.max(self.pyramids.labels)) if len(self.pyramids) else 0
+    if top >= cfg.model.num_classes:
+      raise VarjaxError(f"{path} has labels up to {top}, but model.num_classes is "
+                        f"{cfg.model.num_classes} (set --model.num_classes={top + 1})")
+
+  def __len__(self) -> int:
+    return len(self.pyramids)
+
+  def local(self, positions: np.ndarray) -> dict[str, Any]:
+    if self.seed is None:  # evaluation: the split in order
+      indices = positions % len(self)
+    else:
+      indices = pipeline.example_indices(self.seed, positions, len(self))
+    return self.pyramids.batch(indices[self.rows])
+
+  def global_batch(self, local: dict[str, Any]):
+    arrays = distributed.global_batch(
+        {**{f"t{k}": t for k, t in enumerate(local["tokens"])}, "label": local["label"]},
+        self.mesh)
+    return [arrays[f"t{k}"] for k in range(len(local["tokens"]))], arrays["label"]
+
+  def train_batch(self, step: int):
+    return self.global_batch(self.local(pipeline.sample_positions(step, self.batch_size)))
+
+
+def _tokens_dirs(cfg: Config) -> tuple[str, str]:
+  if not cfg.data.tokens:
+    raise VarjaxError("data.tokens is not set: VAR trains on token pyramids; make them with "
+                      "`varjax tokenize --split train --out DIR/train` (and validation) and "
+                      "pass --data.tokens DIR")
+  return (os.path.join(cfg.data.tokens, cfg.data.train_split),
+          os.path.join(cfg.data.tokens, cfg.data.eval_split))
+
+
+def _tokenizer_dir(cfg: Config, train_path: str) -> str:
+  if cfg.data.tokenizer:
+    return cfg.data.tokenizer
+  recorded = tokens_lib.TokenPyramids(train_path).meta.get("tokenizer")
+  if not recorded:
+    raise VarjaxError(f"{train_path} does not record its tokenizer; pass --data.tokenizer DIR")
+  return recorded
+
+
+def evaluate(eval_step, params, data: TokenData, prepare, num_examples: int) -> dict[str, Any]:
+  """Mean loss / token error (total and per scale) over the first `num_examples` of the
+  split in order (whole global batches; 0 means all whole batches of the split)."""
+  b = data.batch_size
+  available = len(data) // b * b
+  n = available if num_examples <= 0 else min(available, num_examples // b * b)
+  if n == 0:
+    raise VarjaxError(f"{data.path} has {len(data)} examples, fewer than one global batch of "
+                      f"{b}; lower data.global_batch_size or use a larger eval split")
+  sums: dict[str, Any] = {}
+  for start in range(0, n, b):
+    tok, label = data.global_batch(data.local(np.arange(start, start + b)))
+    out = jax.device_get(eval_step(params, prepare(tok, label)))
+    for k, v in out.items():
+      sums[k] = sums.get(k, 0) + np.asarray(v, np.float64)
+  return {k: (v / (n // b)).tolist() for k, v in sums.items()} | {"examples": n}
+
+
+def _host_params(params, mesh):
+  """Full parameters as NumPy on every process (jit to replicated, then the local copy)."""
+  full = jax.jit(lambda p: p, out_shardings=rules.replicated(mesh))(params)
+  return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), full)
+
+
+def train(cfg: Config, *, progress: bool | None = None, log: Callable[[str], None] = print,
+          on_step: Callable[[int], None] | None = None, devices=None) -> dict[str, Any]:
+  """Runs (or resumes, or skips if finished) the run `cfg` describes; returns summary.json.
+
+  `on_step(step)` is called after every optimizer step (tests use it to interrupt)."""
+  start_wall = time.time()
+  scales.validate(cfg.model.patch_nums)
+  directory = rundir.run_dir(cfg)
+  is_main = jax.process_index() == 0
+  rundir.claim(directory, cfg, write=is_main)
+  done = rundir.finished_summary(directory)
+  if done is not None:
+    log(f"{directory} is a finished run of this config; nothing to do")
+    return done
+  train_path, eval_path = _tokens_dirs(cfg)
+
+  # ---- mesh, data, tokenizer
+  mesh = mesh_lib.make_mesh(cfg.mesh, devices)
+  step_lib.check_batch_divisible(cfg.data.global_batch_size, cfg.optim.grad_accum_steps, mesh)
+  train_data = TokenData(train_path, cfg, mesh, shuffle_seed=cfg.run.seed)
+  eval_data = TokenData(eval_path, cfg, mesh, shuffle_seed=None)
+  tokenizer, tok_params, tok_cfg = store.load_tokenizer(_tokenizer_dir(cfg, train_path))
+  if tok_cfg.tokenizer.latent_channels != cfg.model.latent_channels:
+    raise VarjaxError(f"the tokenizer has {tok_cfg.tokenizer.latent_channels} latent channels, "
+                      f"model.latent_channels is {cfg.model.latent_channels}")
+  prepare = step_lib.make_prepare(tokenizer, tok_params, mesh)
+
+  # ---- model, optimizer, state
+  model = var.VAR(cfg.model)
+  batch = cfg.data.global_batch_size
+  tx = optimizer.adamw(cfg.optim, cfg.run.steps, batch)
+  schedule = optimizer.lr_schedule(cfg.optim, cfg.run.steps, batch)
+  abstract, shardings = step_lib.state_shardings(model, tx, cfg.run.seed, mesh)
+  ckpts = checkpoint.Checkpoints(directory, cfg.run.keep_checkpoints)
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, shardings)
+  restored = ckpts.restore_latest(target)
+  if restored is None:
+    state, first_step = step_lib.init_state(model, tx, cfg.run.seed, mesh, shardings), 0
+  else:
+    state, record = restored
+    first_step = int(record["step"])
+  if is_main:
+    metrics_lib.truncate_after(directory, first_step)
+  train_step = step_lib.make_train_step(model, tx, schedule, mesh, shardings,
+                                        cfg.optim.grad_accum_steps)
+  eval_step = step_lib.make_eval_step(model, mesh, shardings["params"])
+
+  # ---- accounting
+  counts = var.count_params(cfg.model)
+  per_image = flops_lib.training_flops(cfg.model)
+  flops_per_step = per_image["total"] * batch
+  peak, peak_source = flops_lib.peak_flops()
+  peak_total = peak * len(mesh.devices.flat) if peak else None
+  tokens_per_step = batch * cfg.model.num_tokens
+  log(f"{cfg.model.name} {counts['total']:,} params ({counts['non_embedding']:,} non-embedding)"
+      f" on mesh {mesh_lib.describe(mesh)}; {cfg.run.steps} steps x {batch} images x "
+      f"{cfg.model.num_tokens} tokens; {flops_per_step:.3g} FLOPs/step; peak "
+      f"{(peak_total or 0):.3g} FLOP/s ({peak_source}); run dir {directory}"
+      + (f"; resumed at step {first_step}" if first_step else ""))
+
+  writer = metrics_lib.MetricsWriter(directory)
+  preempt = checkpoint.PreemptionFlag()
+  bar = metrics_lib.progress_bar(cfg.run.steps, first_step, cfg.run.name, progress)
+
+  def save(step_done: int) -> None:
+    ckpts.save(step_done, state, {"step": step_done, "examples_seen": step_done * batch,
+                                  "wall_time": time.time()})
+
+  train_time, window_start, window_steps = 0.0, time.perf_counter(), 0
+  last_eval: dict[str, Any] | None = None
+  try:
+    for step in range(first_step, cfg.run.steps):
+      tok, label = train_data.train_batch(step)
+      state, m = train_step(state, prepare(tok, label))
+      m = jax.device_get(m)
+      window_steps += 1
+      done_steps = step + 1
+      if not math.isfinite(float(m["loss"])):
+        good = ckpts.steps()
+        raise NonFiniteLoss(
+            f"the training loss is {float(m['loss'])} at step {done_steps}; stopped. "
+            + (f"The last good checkpoint is step {good[-1]} in {ckpts.directory}."
+               if good else "No checkpoint was written yet.")
+            + " Lower optim.base_lr/peak_lr, raise optim.warmup_steps or check the data.")
+      if done_steps % cfg.run.log_every == 0 or done_steps == cfg.run.steps:
+        elapsed = time.perf_counter() - window_start
+        train_time += elapsed
+        rate = window_steps / max(elapsed, 1e-9)
+        record = {k: v for k, v in m.items()}
+        record.update(tokens_per_s=rate * tokens_per_step, images_per_s=rate * batch,
+                      flops_per_step=flops_per_step, examples_seen=done_steps * batch,
+                      tokens_seen=done_steps * tokens_per_step,
+                      flops_seen=done_steps * flops_per_step, train_time_s=train_time)
+        if peak_total:
+          record["mfu"] = rate * flops_per_step / peak_total
+        writer.write(done_steps, "train", record)
+        if bar is not None:
+          bar.set_postfix(loss=f"{float(m['loss']):.4f}", err=f"{float(m['token_error']):.1f}%")
+        window_start, window_steps = time.perf_counter(), 0
+      if bar is not None:
+        bar.update(1)
+      pausing = False
+      if done_steps % cfg.run.eval_every == 0 and done_steps < cfg.run.steps:
+        last_eval = evaluate(eval_step, state["params"], eval_data, prepare,
+                             cfg.run.eval_examples)
+        writer.write(done_steps, "eval", last_eval)
+        pausing = True
+      if preempt.requested:
+        save(done_steps)
+        raise checkpoint.Preempted(f"SIGTERM: saved step {done_steps} in {ckpts.directory}; "
+                                   "rerun the same command to resume")
+      if done_steps % cfg.run.checkpoint_every == 0 and done_steps < cfg.run.steps:
+        save(done_steps)
+        pausing = True
+      if pausing:  # evaluation and saving are not training throughput
+        window_start = time.perf_counter()
+      if on_step is not None:
+        on_step(done_steps)
+    if bar is not None:
+      bar.close()
+      bar = None
+
+    # ---- end: final evaluation, checkpoint, model dir, summary (last)
+    last_eval = evaluate(eval_step, state["params"], eval_data, prepare, cfg.run.eval_examples)
+    writer.write(cfg.run.steps, "eval", last_eval)
+    save(cfg.run.steps)
+    params = _host_params(state["params"], mesh)
+    summary = {
+        "model": cfg.model.name, "steps": cfg.run.steps, "global_batch_size": batch,
+        "params": counts["non_embedding"], "params_no_head": counts["non_embedding"] - counts["head"],
+        "params_total": counts["total"], "params_per_token": counts["per_token"],
+        "tokens": cfg.run.steps * tokens_per_step, "examples": cfg.run.steps * batch,
+        "flops_exact": per_image["total"] * batch * cfg.run.steps,
+        "flops_6nd": per_image["6nd"] * batch * cfg.run.steps,
+        "flops_6nd_no_head": per_image["6nd_no_head"] * batch * cfg.run.steps,
+        "loss": last_eval["loss"], "token_error": last_eval["token_error"],
+        "loss_tail": last_eval["loss_tail"], "token_error_tail": last_eval["token_error_tail"],
+        "loss_per_scale": last_eval["loss_per_scale"],
+        "token_error_per_scale": last_eval["token_error_per_scale"],
+        "eval_examples": last_eval["examples"], "resumed_at_step": first_step,
+        "train_time_s": train_time, "wall_time_s": time.time() - start_wall,
+        "mesh": dict(mesh.shape), "processes": jax.process_count(),
+        "tokenizer": _tokenizer_dir(cfg, train_path),
+    }
+    if is_main:
+      store.save_params(params, os.path.join(directory, store.PARAMS_FILE), cfg.run.steps)
+      files.write_json(os.path.join(directory, rundir.SUMMARY_FILE), summary)
+    return summary
+  finally:
+    if bar is not None:
+      bar.close()
+    preempt.restore()
+    writer.close()
+    ckpts.close()
