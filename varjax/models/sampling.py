@@ -130,7 +130,10 @@ def sample_images(model: VAR, params, tokenizer, tokenizer_params, labels_B,
   raise a VarjaxError). The key is fold_in(seed, batch_index), so batches are reproducible."""
   labels = check_labels(labels_B, model.cfg.num_classes)
   key = jax.random.fold_in(jax.random.key(protocol.seed), batch_index)
-  return _sample_images(model, params, tokenizer, tokenizer_params, labels, key, protocol)
+  # The seed is in the key; keeping it out of the static protocol means one compile serves
+  # every seed (an evaluation draws samples under several).
+  return _sample_images(model, params, tokenizer, tokenizer_params, labels, key,
+                        dataclasses.replace(protocol, seed=0))
 
 
 def teacher_forced_cached_logits(model: VAR, params, labels_B, x_BxLrxCv):
