@@ -173,7 +173,6 @@ def train_cnn(train_images: np.ndarray, train_labels: np.ndarray, val_images: np
   """Trains the classifier on uint8 images, writes the feature-network directory and
   returns its spec (with train/validation accuracy and the time taken)."""
   from tqdm import tqdm
-  from varjax.models import store
   n, side = len(train_images), train_images.shape[1]
   if not re.fullmatch(r"[a-z0-9_]+", name) or name == INCEPTION_NAME:
     raise VarjaxError(f"feature network name {name!r}: use lower-case letters, digits and _ "
@@ -184,7 +183,9 @@ def train_cnn(train_images: np.ndarray, train_labels: np.ndarray, val_images: np
     raise VarjaxError(f"label {int(train_labels.max())} is outside the {num_classes} classes")
   start = time.time()
   model = FeatureCNN(tuple(widths), num_classes)
-  params = model.init(jax.random.key(seed), jnp.zeros((1, side, side, 3)))["params"]
+  # jitted with the rbg PRNG: XLA:CPU compiles threefry initialisers slowly (see vqvae)
+  params = jax.jit(lambda key: model.init(key, jnp.zeros((1, side, side, 3)))["params"])(
+      jax.random.key(seed, impl="rbg"))
   steps_per_epoch = n // batch_size
   total = epochs * steps_per_epoch
   tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, min(50, total // 10), total),
@@ -227,7 +228,14 @@ def train_cnn(train_images: np.ndarray, train_labels: np.ndarray, val_images: np
           "train_accuracy": accuracy(train_images, train_labels),
           "val_accuracy": accuracy(val_images, val_labels), "final_loss": float(loss),
           "train_seconds": round(time.time() - start, 1)}
-  os.makedirs(out_dir, exist_ok=True)
-  store.save_params(params, os.path.join(out_dir, PARAMS_FILE))
-  files.write_json(os.path.join(out_dir, SPEC_FILE), spec)
+  save_cnn(out_dir, spec, params)
   return spec
+
+
+def save_cnn(directory: str, spec: dict[str, Any], params) -> None:
+  """Writes a feature-network directory: spec (name, widths, num_classes, resolution, ...)
+  and parameters."""
+  from varjax.models import store
+  os.makedirs(directory, exist_ok=True)
+  store.save_params(params, os.path.join(directory, PARAMS_FILE))
+  files.write_json(os.path.join(directory, SPEC_FILE), spec)
