@@ -282,3 +282,25 @@ def test_load_inception_errors_are_one_line(tmp_path, params):
   model, variables = inception.load_inception(str(tmp_path / "ok.msgpack"))
   np.testing.assert_array_equal(variables["params"]["Mixed_7c"]["branch_pool"]["conv"]["bias"],
                                 params["Mixed_7c"]["branch_pool"]["conv"]["bias"])
+
+
+def test_convert_command_then_fid_network(state_dict, tmp_path):
+  """The user path: the state dict (here synthetic, as .npz) -> `varjax eval
+  convert-inception` -> the `fid` feature network, which equals pytorch-fid's pool3."""
+  from conftest import run_varjax
+  from varjax.eval import features
+  np.savez(tmp_path / "pt_inception.npz", **state_dict)
+  out = tmp_path / "inception.msgpack"
+  result = run_varjax("eval", "convert-inception", "--checkpoint",
+                      str(tmp_path / "pt_inception.npz"), "--out", str(out))
+  assert result.returncode == 0, result.stderr
+  assert "21,768,352 parameters" in result.stdout
+  net = features.load_feature_network(inception_weights=str(out))
+  assert (net.name, net.metric, net.dim, net.resolution) == ("inception", "fid", 2048, None)
+  ref = np.load(FIXTURE)
+  feats = net.apply_fn(jnp.asarray(ref["images"].transpose(0, 2, 3, 1)))
+  np.testing.assert_allclose(feats, ref["pool3"], rtol=1e-4, atol=1e-4 * np.abs(ref["pool3"]).max())
+  result = run_varjax("eval", "convert-inception", "--checkpoint", str(tmp_path / "x.pth"),
+                      "--out", str(out))
+  assert result.returncode == 2 and result.stderr.count("\n") == 1
+  assert "checkpoint not found" in result.stderr

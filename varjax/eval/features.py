@@ -109,7 +109,11 @@ def load_feature_network(inception_weights: str | None = None,
 
 class FeatureCNN(nn.Module):
   """conv3x3 -> GroupNorm -> ReLU per stage, 2x2 average pool between stages; features =
-  global average of the last stage (the penultimate layer); logits = Dense(features)."""
+  global average of the last stage (the penultimate layer); logits = Dense(features).
+
+  GroupNorm (at least 4 channels a group: one channel a group would divide out each
+  image's colour) makes the distance far more sensitive to blur, noise and colour shifts
+  relative to the data's own floor than the same net without it (docs/eval.md)."""
   widths: tuple[int, ...] = (32, 64, 128)
   num_classes: int = 16
 
@@ -120,7 +124,7 @@ class FeatureCNN(nn.Module):
       if i:
         x = nn.avg_pool(x, (2, 2), (2, 2))
       x = nn.Conv(w, (3, 3), name=f"conv{i}")(x)
-      x = nn.relu(nn.GroupNorm(num_groups=min(8, w), name=f"norm{i}")(x))
+      x = nn.relu(nn.GroupNorm(num_groups=max(1, min(8, w // 4)), name=f"norm{i}")(x))
     feats_BxD = x.mean(axis=(1, 2))
     return nn.Dense(self.num_classes, name="head")(feats_BxD), feats_BxD
 
