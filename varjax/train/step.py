@@ -120,7 +120,7 @@ def make_train_step(model: VAR, tx, schedule: optax.Schedule, mesh: Mesh, shardi
     updates, opt = tx.update(grads, state["opt"], params)
     new_state = {"params": optax.apply_updates(params, updates), "opt": opt,
                  "step": state["step"] + 1, "rng": state["rng"]}
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=schedule(state["step"]))
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=schedule(state["step"]))
     return new_state, metrics
 
   jitted = jax.jit(train_step, in_shardings=(shardings, batch_shardings(mesh)),
