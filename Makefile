@@ -53,19 +53,22 @@ demo: install
 	$(VENV)/bin/varjax tokenizer preview --tokenizer $(DEMO_TOKENIZER) --out reports/demo/tokenizer.png && \
 	$(VENV)/bin/varjax tokenize --tokenizer $(DEMO_TOKENIZER) --split train --out $(DEMO_TOKENS)/train && \
 	$(VENV)/bin/varjax tokenize --tokenizer $(DEMO_TOKENIZER) --split validation --out $(DEMO_TOKENS)/validation && \
-	echo "demo: not built yet: sharded VAR training (issue 4), the sweep + run registry (issue 6)" && \
-	echo "      and its scaling-law fits and plots (analysis exists: make analyze RUNS=...)." && \
+	$(VENV)/bin/varjax train --config sweeps/configs/embedded32.yaml --model var-d2 \
+	  --data.tokens=$(DEMO_TOKENS) --run.out_dir=runs/demo-single --run.name=var-d2 && \
+	echo "demo: not built yet: the sweep + run registry (issue 6) and its scaling-law fits and" && \
+	echo "      plots (analysis exists: make analyze RUNS=...)." && \
 	echo "demo: done in $$(( $$(date +%s) - start )) s"
 
 # The demo tokenizer (about 5 min on 2 cores); retrained only when its params are missing.
 $(DEMO_TOKENIZER)/params.msgpack:
 	$(VENV)/bin/varjax tokenizer train --preset vqvae-tiny32 --out-dir $(dir $(DEMO_TOKENIZER))
 
-# Each benchmark prints its own side-by-side ratios. Not yet here: training throughput and
-# MFU (issue 4), lanes vs sequential runs (issue 6).
+# Each benchmark prints its own side-by-side ratios. Not yet here: lanes vs sequential
+# runs (issue 6).
 bench: install
 	$(PY) benchmarks/fit_speed.py
 	$(PY) benchmarks/attention.py
+	$(VENV)/bin/varjax bench train --model var-d4 --patch-nums 1,2,3,4,5,6,8 --batch 32 --json
 
 sweep: install
 	@echo "make sweep: sweeps are not implemented yet (issue 6)." >&2; exit 2
