@@ -54,9 +54,25 @@ def attention(q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, v_BxLxHxK: jax.Array,
     block = 128 if length >= 512 else 32 if length >= 64 else 8
     return block_sparse_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, patch_nums, scale=scale,
                                   block_q=block, block_k=block)
-  return jax.nn.dot_product_attention(
-      q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask=jnp.asarray(allowed_LxL)[None, None],
-      scale=scale, implementation=impl)
+  if impl == "cudnn":
+    return jax.nn.dot_product_attention(
+        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask=jnp.asarray(allowed_LxL)[None, None],
+        scale=scale, implementation="cudnn")
+  return dense_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, allowed_LxL, scale)
+
+
+def dense_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, allowed_LxL, scale: float = 1.0):
+  """The `xla` path: softmax(q k^T * scale + bias) v with bias 0 where allowed, -1e30 not.
+
+  Written out instead of `jax.nn.dot_product_attention(implementation="xla")`: an additive
+  bias and heads as a dot batch dimension make forward + backward about 25% faster on
+  CPU (no boolean select over [B, H, L, L]); scores and softmax are fp32 for any input
+  dtype. Every row has at least its own scale, so no row is fully masked."""
+  bias_LxL = jnp.where(jnp.asarray(allowed_LxL), 0.0, -1e30).astype(jnp.float32)
+  s_BxHxLxL = jnp.einsum("bqhk,bthk->bhqt", q_BxLxHxK, k_BxLxHxK,
+                         preferred_element_type=jnp.float32) * scale + bias_LxL
+  p_BxHxLxL = jax.nn.softmax(s_BxHxLxL, axis=-1).astype(v_BxLxHxK.dtype)
+  return jnp.einsum("bhqt,bthk->bqhk", p_BxHxLxL, v_BxLxHxK).astype(q_BxLxHxK.dtype)
 
 
 def cached_attention(q_BxSxHxK: jax.Array, k_cache_BxTxHxK: jax.Array,
