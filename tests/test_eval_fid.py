@@ -188,6 +188,10 @@ def test_evaluate_run_user_mistakes(dirs, tmp_path):
                                                  "latent_channels": 8})
   with pytest.raises(VarjaxError, match="disagree on vocab_size: 23 vs 29"):
     store.check_same_tokens(store.read_model_config(str(run), "VAR model"), tok29)
+  (run / "checkpoints").mkdir()
+  with pytest.raises(VarjaxError, match="the run has not finished"):
+    fid.evaluate_run(str(run), net, tokenizer_dir=str(dirs / "tok"))
+  (run / "checkpoints").rmdir()
   (run / "params.msgpack").unlink()
   with pytest.raises(VarjaxError, match="is not a VAR model directory"):
     fid.evaluate_run(str(run), net, tokenizer_dir=str(dirs / "tok"))

@@ -96,6 +96,11 @@ def evaluate_run(run_dir: str, network: FeatureNetwork, *, tokenizer_dir: str | 
                       f"and {batch_size}")
   if not os.path.isdir(run_dir):
     raise VarjaxError(f"run directory not found: {run_dir}")
+  if (not os.path.isfile(os.path.join(run_dir, SUMMARY_FILE))
+      and os.path.isdir(os.path.join(run_dir, "checkpoints"))):
+    # The trainer reads an existing summary.json as "finished": never write one for it.
+    raise VarjaxError(f"{run_dir} has training checkpoints but no {SUMMARY_FILE}: the run has "
+                      "not finished; evaluate it when it has")
   start = time.time()
   model, params, cfg = store.load_var(run_dir)
   tokenizer_dir = resolve_tokenizer(run_dir, cfg, tokenizer_dir)
