@@ -23,9 +23,17 @@ def token_losses(logits_BxLxV: jax.Array, targets_BxL: jax.Array, patch_nums,
   if label_smoothing:
     labels_BxLxV = optax.smooth_labels(jax.nn.one_hot(targets_BxL, v), label_smoothing)
     ce_BxL = optax.softmax_cross_entropy(logits, labels_BxLxV)
-  else:  # no [B, L, V] one-hot: a quarter of a CPU training step at V = 4096
-    ce_BxL = optax.softmax_cross_entropy_with_integer_labels(logits, targets_BxL)
-  wrong_BxL = (jnp.argmax(logits, -1) != targets_BxL).astype(jnp.float32) * 100.0
+    wrong_BxL = (jnp.argmax(logits, -1) != targets_BxL).astype(jnp.float32) * 100.0
+  else:
+    # Written out (no [B, L, V] one-hot, no separate argmax pass): the row max serves both
+    # the log-sum-exp and the error, since argmax misses the target exactly when some logit
+    # exceeds the target's (a tie at the max counts as right). Saves two passes over the
+    # logits, a tenth of a CPU training step at V = 4096.
+    max_BxL = jax.lax.stop_gradient(jnp.max(logits, axis=-1))
+    shifted_BxLxV = logits - max_BxL[..., None]
+    target_BxL = jnp.take_along_axis(shifted_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
+    ce_BxL = jnp.log(jnp.sum(jnp.exp(shifted_BxLxV), axis=-1)) - target_BxL
+    wrong_BxL = (target_BxL < 0).astype(jnp.float32) * 100.0
   ids = scales.scale_ids(patch_nums)
   num_scales = len(tuple(patch_nums))
   per_scale = lambda x_BxL: jax.ops.segment_sum(x_BxL.mean(0), ids, num_scales) / jnp.asarray(
