@@ -55,9 +55,21 @@ demo: install
 	$(VENV)/bin/varjax tokenize --tokenizer $(DEMO_TOKENIZER) --split validation --out $(DEMO_TOKENS)/validation && \
 	$(VENV)/bin/varjax train --config sweeps/configs/embedded32.yaml --model var-d2 \
 	  --data.tokens=$(DEMO_TOKENS) --run.out_dir=runs/demo-single --run.name=var-d2 && \
+	$(MAKE) --no-print-directory $(DEMO_FEATURES)/params.msgpack && \
+	$(MAKE) --no-print-directory $(DEMO_RUN)/eval_samples.png && \
 	echo "demo: not built yet: the sweep + run registry (issue 6) and its scaling-law fits and" && \
 	echo "      plots (analysis exists: make analyze RUNS=...)." && \
 	echo "demo: done in $$(( $$(date +%s) - start )) s"
+
+# The feature network for fd_embed32cnn (about 2 min, once) and the demo run's distance
+# (K = 1,024 samples, about 20 s; redone only when the run's params change).
+DEMO_FEATURES := runs/features/embed32cnn
+DEMO_RUN := runs/demo-single/var-d2
+$(DEMO_FEATURES)/params.msgpack:
+	$(VENV)/bin/varjax eval features train --out $(DEMO_FEATURES)
+
+$(DEMO_RUN)/eval_samples.png: $(DEMO_RUN)/params.msgpack $(DEMO_FEATURES)/params.msgpack
+	$(VENV)/bin/varjax eval fid --run $(DEMO_RUN) --feature-net $(DEMO_FEATURES)
 
 # The demo tokenizer (about 5 min on 2 cores); retrained only when its params are missing.
 $(DEMO_TOKENIZER)/params.msgpack:

@@ -250,3 +250,31 @@ def test_two_processes_reproduce_one(setup, tmp_path):
   assert json.load(open(os.path.join(two_dir, "summary.json")))["processes"] == 2
   for a, b in zip(_params(two_dir), _params(one_dir)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_finished_run_measures_its_samples_with_the_configured_protocol(setup, tmp_path,
+                                                                        monkeypatch):
+  """eval.feature_net set: the run ends with fd_<name> and its protocol in summary.json."""
+  import jax.numpy as jnp
+  from test_eval_fid import numpy_params
+  from varjax.eval import features, reference
+  model = features.FeatureCNN((8, 16), num_classes=3)
+  template = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+  features.save_cnn(str(tmp_path / "fnet"), {"name": "toy32cnn", "widths": [8, 16],
+                                             "num_classes": 3, "resolution": 32,
+                                             "dataset": "synthetic"},
+                    numpy_params(template["params"], 0))
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (64, 32, 32, 3)).astype(np.uint8)
+  monkeypatch.setattr(reference, "load_split_images",
+                      lambda *a, **k: (images, np.zeros(64, np.int64)))
+  values = fx.tiny_config(setup, str(tmp_path / "runs"), run={"steps": 2, "name": "e"})
+  values["data"].update(dataset="embedded32", data_dir=str(tmp_path / "data"))
+  values["eval"] = {"feature_net": str(tmp_path / "fnet"), "num_samples": 16,
+                    "batch_size": 8, "top_k": 20, "seed": 3}
+  summary = loop.train(config_lib.from_dict(values), progress=False, log=lambda m: None)
+  assert np.isfinite(summary["fd_toy32cnn"]) and summary["fd_toy32cnn"] > 0
+  protocol = summary["sample_protocol"]
+  assert (protocol["num_samples"], protocol["top_k"], protocol["seed"], protocol["cfg"]) == \
+      (16, 20, 3, 1.5)
+  assert summary["loss"] > 0 and summary["steps"] == 2

@@ -1,7 +1,7 @@
 """Typed, frozen run configs with dotted command-line overrides.
 
 One vocabulary for every command: a `Config` has the sections `model`, `tokenizer`,
-`data`, `optim`, `mesh` and `run`. A config is built from defaults, then a YAML/JSON file, then dotted
+`data`, `optim`, `mesh`, `run` and `eval`. A config is built from defaults, then a YAML/JSON file, then dotted
 overrides (`--model.depth=4 --data.dataset=embedded64`), and is saved with every run
 (`config.json`). Every mistake -- unknown key, wrong type, impossible value -- raises
 `ConfigError` whose message names the dotted key; the CLI prints it as one line.
@@ -226,6 +226,34 @@ class RunConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """Sample quality measured when a run finishes (varjax.eval): K samples with this
+  protocol, their distance to a data split written into summary.json. Off unless a feature
+  network (-> fd_<name>) or the FID Inception weights (-> fid) are given."""
+  feature_net: str | None = None  # directory from `varjax eval features train`
+  inception_weights: str | None = None  # file from `varjax eval convert-inception`
+  num_samples: int = 1024
+  batch_size: int = 64
+  guidance: float = 1.5  # classifier-free guidance (VAR's cfg)
+  top_k: int = 900
+  top_p: float = 0.96
+  seed: int = 0
+  reference_split: str | None = None  # None: data.train_split
+
+  def __post_init__(self):
+    _check(not (self.feature_net and self.inception_weights), "eval",
+           "set at most one of eval.feature_net and eval.inception_weights")
+    _check(self.num_samples >= 2, "eval.num_samples", "must be >= 2")
+    _check(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
+    _check(self.top_k >= 0, "eval.top_k", "must be >= 0")
+    _check(0 <= self.top_p <= 1, "eval.top_p", "must be in [0, 1]")
+
+  @property
+  def enabled(self) -> bool:
+    return bool(self.feature_net or self.inception_weights)
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
   model: ModelConfig = ModelConfig()
   tokenizer: TokenizerConfig = TokenizerConfig()
@@ -233,6 +261,7 @@ class Config:
   optim: OptimConfig = OptimConfig()
   mesh: MeshConfig = MeshConfig()
   run: RunConfig = RunConfig()
+  eval: EvalConfig = EvalConfig()
 
   def to_dict(self) -> dict[str, Any]:
     return to_dict(self)

@@ -118,6 +118,25 @@ def _host_params(params, mesh):
   return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), full)
 
 
+def sample_quality(cfg: Config, directory: str, progress, log) -> dict[str, Any]:
+  """fd_<network> or fid of a finished run with the protocol of cfg.eval, merged into its
+  summary.json (varjax.eval.fid); returns the updated summary. `varjax eval fid --run`
+  does the same for runs trained without it."""
+  from varjax.eval import features, fid
+  from varjax.models import sampling
+  ev = cfg.eval
+  network = features.load_feature_network(ev.inception_weights, ev.feature_net)
+  protocol = sampling.SamplingProtocol(cfg=ev.guidance, top_k=ev.top_k, top_p=ev.top_p,
+                                       seed=ev.seed)
+  result = fid.evaluate_run(directory, network, num_samples=ev.num_samples,
+                            batch_size=ev.batch_size, protocol=protocol,
+                            reference_split=ev.reference_split,
+                            progress=bool(progress) if progress is not None else False)
+  log(f"{result['metric']} = {result['value']:.4f} ({ev.num_samples} samples, "
+      f"{result['seconds']} s)")
+  return fid.read_summary(directory)
+
+
 def train(cfg: Config, *, progress: bool | None = None, log: Callable[[str], None] = print,
           on_step: Callable[[int], None] | None = None, devices=None) -> dict[str, Any]:
   """Runs (or resumes, or skips if finished) the run `cfg` describes; returns summary.json.
@@ -130,6 +149,9 @@ def train(cfg: Config, *, progress: bool | None = None, log: Callable[[str], Non
   rundir.claim(directory, cfg, write=is_main)
   done = rundir.finished_summary(directory)
   if done is not None:
+    if cfg.eval.enabled and "sample_protocol" not in done and is_main:
+      log(f"{directory} is a finished run of this config; measuring its samples")
+      return sample_quality(cfg, directory, progress, log)
     log(f"{directory} is a finished run of this config; nothing to do")
     return done
   train_path, eval_path = _tokens_dirs(cfg)
@@ -266,6 +288,8 @@ def train(cfg: Config, *, progress: bool | None = None, log: Callable[[str], Non
     if is_main:
       store.save_params(params, os.path.join(directory, store.PARAMS_FILE), cfg.run.steps)
       files.write_json(os.path.join(directory, rundir.SUMMARY_FILE), summary)
+      if cfg.eval.enabled:
+        summary = sample_quality(cfg, directory, progress, log)
     return summary
   finally:
     if bar is not None:

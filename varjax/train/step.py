@@ -66,7 +66,7 @@ def state_shardings(model: VAR, tx, seed: int, mesh: Mesh):
 
 def init_state(model: VAR, tx, seed: int, mesh: Mesh, shardings):
   """The initial state, created directly in its shards (nothing whole on one device)."""
-  with mesh, rules.rules_context():
+  with jax.set_mesh(mesh), rules.rules_context():
     return jax.jit(lambda: nn.unbox(make_init(model, tx, seed)()), out_shardings=shardings)()
 
 
@@ -127,7 +127,7 @@ def make_train_step(model: VAR, tx, schedule: optax.Schedule, mesh: Mesh, shardi
                    out_shardings=(shardings, rules.replicated(mesh)), donate_argnums=(0,))
 
   def step(state, batch):
-    with mesh, rules.rules_context():
+    with jax.set_mesh(mesh), rules.rules_context():
       return jitted(state, batch)
 
   step.jitted = jitted
@@ -146,7 +146,7 @@ def make_eval_step(model: VAR, mesh: Mesh, param_shardings):
                    out_shardings=rules.replicated(mesh))
 
   def step(params, batch):
-    with mesh, rules.rules_context():
+    with jax.set_mesh(mesh), rules.rules_context():
       return jitted(params, batch)
   return step
 
@@ -164,7 +164,7 @@ def make_prepare(tokenizer, tok_params, mesh: Mesh):
   jitted = jax.jit(prepare, out_shardings=batch_shardings(mesh))
 
   def run(tokens, label):
-    with mesh:
+    with jax.set_mesh(mesh):
       return jitted(tokens, label)
   return run
 
