@@ -156,10 +156,7 @@ def _cmd_sample(args) -> None:
     raise VarjaxError("--per-label and --batch-size must be >= 1")
   model, params, cfg = store.load_var(args.var)
   tokenizer, tok_params, tok_cfg = store.load_tokenizer(args.tokenizer)
-  for key in ("patch_nums", "vocab_size", "latent_channels"):
-    if getattr(cfg.model, key) != getattr(tok_cfg.model, key):
-      raise VarjaxError(f"the model and the tokenizer disagree on {key}: "
-                        f"{getattr(cfg.model, key)} vs {getattr(tok_cfg.model, key)}")
+  store.check_same_tokens(cfg, tok_cfg)
   labels = np.repeat(np.asarray(args.labels, np.int64), args.per_label)
   protocol = sampling.SamplingProtocol(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
                                        seed=args.seed)

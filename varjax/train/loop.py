@@ -161,10 +161,9 @@ def train(cfg: Config, *, progress: bool | None = None, log: Callable[[str], Non
   step_lib.check_batch_divisible(cfg.data.global_batch_size, cfg.optim.grad_accum_steps, mesh)
   train_data = TokenData(train_path, cfg, mesh, shuffle_seed=cfg.run.seed)
   eval_data = TokenData(eval_path, cfg, mesh, shuffle_seed=None)
-  tokenizer, tok_params, tok_cfg = store.load_tokenizer(_tokenizer_dir(cfg, train_path))
-  if tok_cfg.tokenizer.latent_channels != cfg.model.latent_channels:
-    raise VarjaxError(f"the tokenizer has {tok_cfg.tokenizer.latent_channels} latent channels, "
-                      f"model.latent_channels is {cfg.model.latent_channels}")
+  tokenizer_dir = _tokenizer_dir(cfg, train_path)
+  tokenizer, tok_params, tok_cfg = store.load_tokenizer(tokenizer_dir)
+  store.check_same_tokens(cfg, tok_cfg, "the model config", f"the tokenizer {tokenizer_dir}")
   prepare = step_lib.make_prepare(tokenizer, tok_params, mesh)
 
   # ---- model, optimizer, state
