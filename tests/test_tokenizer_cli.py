@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import run_varjax
-from varjax.errors import DataError
+from varjax.errors import DataError, VarjaxError
 
 # 8 px crops and a two-level tokenizer (2x downsampling -> 4 x 4 latent): the same
 # schedule (1, 2, 3, 4) as the preset, at a fraction of its compile time.
@@ -178,7 +178,7 @@ def test_crashed_training_resumes_to_the_same_parameters(embedded_data_dir, tmp_
   # Finished: a second start trains nothing; another config in the same dir is refused.
   assert tokenizer.train_tokenizer(cfg_for("whole"), log=quiet)["resumed_at_step"] == 0
   other = config.replace(cfg_for("whole"), optim={"peak_lr": 1e-3})
-  with pytest.raises(tokenizer.VarjaxError, match="holds a run with another config"):
+  with pytest.raises(VarjaxError, match="holds a run with another config"):
     tokenizer.train_tokenizer(other, log=quiet)
 
 
