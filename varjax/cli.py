@@ -222,6 +222,17 @@ def _int_list(text: str) -> list[int]:
     raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _add_model_report(commands, name: str, func, help_text: str) -> None:
+  """`varjax params` / `varjax flops`: a report on one model config."""
+  sub = commands.add_parser(
+      name, help=help_text,
+      epilog="overrides: --section.key=value, e.g. --model.patch_nums=1,2,3,4")
+  sub.add_argument("--model", default="var-d16", help="var-d<depth> (default: var-d16)")
+  sub.add_argument("--config", default=None, help="YAML or JSON config file")
+  sub.add_argument("--json", action="store_true")
+  sub.set_defaults(func=func, takes_overrides=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="varjax", description="Scaling-law research on VAR image generators.")
@@ -259,13 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
   show.add_argument("--json", action="store_true")
   show.set_defaults(func=_cmd_config_show, takes_overrides=True)
 
-  params = commands.add_parser(
-      "params", help="parameter count of a VAR model, total and by group",
-      epilog="overrides: --section.key=value, e.g. --model.patch_nums=1,2,3,4")
-  params.add_argument("--model", default="var-d16", help="var-d<depth> (default: var-d16)")
-  params.add_argument("--config", default=None, help="YAML or JSON config file")
-  params.add_argument("--json", action="store_true")
-  params.set_defaults(func=_cmd_params, takes_overrides=True)
+  _add_model_report(commands, "params", _cmd_params,
+                    "parameter count of a VAR model, total and by group")
 
   tok = commands.add_parser("tokenizer", help="train the multi-scale VQ tokenizer"
                             ).add_subparsers(dest="tokenizer_command", required=True,
@@ -339,13 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
   train.add_argument("--process-id", type=int, default=None)
   train.set_defaults(func=_cmd_train, takes_overrides=True)
 
-  flops = commands.add_parser(
-      "flops", help="training FLOPs per image: exact count and 6ND side by side",
-      epilog="overrides: --section.key=value, e.g. --model.patch_nums=1,2,3,4")
-  flops.add_argument("--model", default="var-d16", help="var-d<depth> (default: var-d16)")
-  flops.add_argument("--config", default=None, help="YAML or JSON config file")
-  flops.add_argument("--json", action="store_true")
-  flops.set_defaults(func=_cmd_flops, takes_overrides=True)
+  _add_model_report(commands, "flops", _cmd_flops,
+                    "training FLOPs per image: exact count and 6ND side by side")
 
   bench = commands.add_parser("bench", help="throughput benchmarks").add_subparsers(
       dest="bench_command", required=True, metavar="WHAT")

@@ -48,7 +48,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
   return True
 
 
-def process_rows(global_batch_size: int, mesh: Mesh) -> slice:
+def process_rows(global_batch_size: int) -> slice:
   """The rows of a global batch this process feeds: its devices' share of the batch axes.
 
   With the batch over (data, fsdp) and processes owning contiguous device blocks, process

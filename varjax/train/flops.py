@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from varjax.config import ModelConfig
 from varjax.kernels import mask as mask_lib
-from varjax.models import var
+from varjax.models import scales, var
 
 # Dense bf16 peak FLOP/s per chip (vendor figures; H100/H200 SXM without sparsity).
 PEAK_FLOPS: dict[str, float] = {
@@ -46,7 +46,7 @@ PEAK_FLOPS: dict[str, float] = {
 
 def allowed_pairs(patch_nums) -> int:
   """Number of (query, key) pairs the scale-causal mask allows."""
-  return int(round(mask_lib.allowed_fraction(patch_nums) * var.scales.num_tokens(patch_nums)
+  return int(round(mask_lib.allowed_fraction(patch_nums) * scales.num_tokens(patch_nums)
                    ** 2))
 
 

@@ -43,7 +43,7 @@ class TokenData:
     self.pyramids = tokens_lib.TokenPyramids(path)
     self.path, self.cfg, self.mesh, self.seed = path, cfg, mesh, shuffle_seed
     self.batch_size = cfg.data.global_batch_size
-    self.rows = distributed.process_rows(self.batch_size, mesh)
+    self.rows = distributed.process_rows(self.batch_size)
     if tuple(self.pyramids.patch_nums) != tuple(cfg.model.patch_nums):
       raise VarjaxError(f"{path} holds schedule {list(self.pyramids.patch_nums)}, the model "
                         f"uses {list(cfg.model.patch_nums)} (set --model.patch_nums)")
@@ -85,12 +85,13 @@ def _tokens_dirs(cfg: Config) -> tuple[str, str]:
           os.path.join(cfg.data.tokens, cfg.data.eval_split))
 
 
-def _tokenizer_dir(cfg: Config, train_path: str) -> str:
+def _tokenizer_dir(cfg: Config, train_data: TokenData) -> str:
   if cfg.data.tokenizer:
     return cfg.data.tokenizer
-  recorded = tokens_lib.TokenPyramids(train_path).meta.get("tokenizer")
+  recorded = train_data.pyramids.meta.get("tokenizer")
   if not recorded:
-    raise VarjaxError(f"{train_path} does not record its tokenizer; pass --data.tokenizer DIR")
+    raise VarjaxError(f"{train_data.path} does not record its tokenizer; pass "
+                      "--data.tokenizer DIR")
   return recorded
 
 
@@ -161,7 +162,7 @@ def train(cfg: Config, *, progress: bool | None = None, log: Callable[[str], Non
   step_lib.check_batch_divisible(cfg.data.global_batch_size, cfg.optim.grad_accum_steps, mesh)
   train_data = TokenData(train_path, cfg, mesh, shuffle_seed=cfg.run.seed)
   eval_data = TokenData(eval_path, cfg, mesh, shuffle_seed=None)
-  tokenizer_dir = _tokenizer_dir(cfg, train_path)
+  tokenizer_dir = _tokenizer_dir(cfg, train_data)
   tokenizer, tok_params, tok_cfg = store.load_tokenizer(tokenizer_dir)
   store.check_same_tokens(cfg, tok_cfg, "the model config", f"the tokenizer {tokenizer_dir}")
   prepare = step_lib.make_prepare(tokenizer, tok_params, mesh)
@@ -228,7 +229,7 @@ def train(cfg: Config, *, progress: bool | None = None, log: Callable[[str], Non
         elapsed = time.perf_counter() - window_start
         train_time += elapsed
         rate = window_steps / max(elapsed, 1e-9)
-        record = {k: v for k, v in m.items()}
+        record = dict(m)
         record.update(tokens_per_s=rate * tokens_per_step, images_per_s=rate * batch,
                       flops_per_step=flops_per_step, examples_seen=done_steps * batch,
                       tokens_seen=done_steps * tokens_per_step,
@@ -282,7 +283,7 @@ def train(cfg: Config, *, progress: bool | None = None, log: Callable[[str], Non
         "eval_examples": last_eval["examples"], "resumed_at_step": first_step,
         "train_time_s": train_time, "wall_time_s": time.time() - start_wall,
         "mesh": dict(mesh.shape), "processes": jax.process_count(),
-        "tokenizer": _tokenizer_dir(cfg, train_path),
+        "tokenizer": tokenizer_dir,
     }
     if is_main:
       store.save_params(params, os.path.join(directory, store.PARAMS_FILE), cfg.run.steps)
