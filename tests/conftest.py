@@ -6,8 +6,11 @@ import sys
 
 import pytest
 
+from varjax import hostmem
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+hostmem.keep_freed_memory()  # as the CLI does, before JAX starts its threads
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

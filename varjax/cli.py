@@ -8,6 +8,7 @@ import os
 import sys
 import time
 
+from varjax import hostmem
 from varjax.errors import VarjaxError
 
 
@@ -150,7 +151,6 @@ def _cmd_sample(args) -> None:
   import numpy as np
   from tqdm import tqdm
   from varjax.data import preview
-  from varjax.errors import VarjaxError
   from varjax.models import sampling, store
   if args.per_label < 1 or args.batch_size < 1:
     raise VarjaxError("--per-label and --batch-size must be >= 1")
@@ -370,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  hostmem.keep_freed_memory()  # before JAX starts threads: see varjax/hostmem.py
   parser = build_parser()
   args, extra = parser.parse_known_args(argv)
   if extra and not getattr(args, "takes_overrides", False):

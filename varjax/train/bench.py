@@ -10,13 +10,14 @@ load and XLA settings.
 
 from __future__ import annotations
 
+import resource
 import time
 from typing import Any, Sequence
 
 import jax
 import numpy as np
 
-from varjax import config as config_lib
+from varjax import config as config_lib, hostmem
 from varjax.config import MeshConfig, OptimConfig
 from varjax.models import var
 from varjax.parallel import mesh as mesh_lib
@@ -26,6 +27,7 @@ from varjax.train import flops as flops_lib, optimizer, step as step_lib
 def bench_train(model: str, patch_nums: Sequence[int], batch: int, *, vocab_size: int = 4096,
                 steps: int = 5, attn_impl: str = "auto", dtype: str = "float32",
                 num_classes: int = 1000, warmup: int = 2) -> dict[str, Any]:
+  kept = hostmem.keep_freed_memory()  # the CLI applied it already, before JAX's threads
   overrides = config_lib.model_overrides(model)
   cfg = config_lib.Config()
   cfg = config_lib.replace(cfg, model={**overrides, "patch_nums": tuple(patch_nums),
@@ -58,12 +60,14 @@ def bench_train(model: str, patch_nums: Sequence[int], batch: int, *, vocab_size
   # Steps and peak rounds alternate, so both see the same machine (a shared CPU's speed
   # drifts by 20% over a minute); each side keeps its best.
   published = flops_lib.device_peak_flops()
-  step_times, peak_rates = [], []
+  step_times, peak_rates, faults = [], [], []
   for _ in range(steps):
+    faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start = time.perf_counter()
     state, m = train_step(state, batch_arrays)
     jax.block_until_ready(m)
     step_times.append(time.perf_counter() - start)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
     if published is None:
       peak_rates.append(flops_lib.measure_cpu_peak.__wrapped__(repeats=2, rounds=1))
   step_s = min(step_times)
@@ -87,6 +91,8 @@ def bench_train(model: str, patch_nums: Sequence[int], batch: int, *, vocab_size
       "peak_flops": peak * devices, "peak_source": peak_source,
       "mfu": flops_step / step_s / (peak * devices),
       "mfu_6nd": per_image["6nd"] * batch / step_s / (peak * devices),
+      "page_faults_per_step": min(faults),
+      "host_malloc": "keep freed memory" if kept else "system default",
       "step_s_all": step_times, "compile_and_warmup_s": compile_s, "timed_steps": steps,
       "loss": float(m["loss"]),
   }
@@ -98,4 +104,5 @@ def format_result(r: dict[str, Any]) -> str:
           f"{r['step_s']:.3f} s/step, {r['tokens_per_s']:.0f} tokens/s, "
           f"{r['flops_per_step'] / r['step_s'] / 1e9:.1f} GFLOP/s exact; peak "
           f"{r['peak_flops'] / 1e9:.1f} GFLOP/s ({r['peak_source']}) -> MFU "
-          f"{100 * r['mfu']:.1f}% (6ND convention: {100 * r['mfu_6nd']:.1f}%)")
+          f"{100 * r['mfu']:.1f}% (6ND convention: {100 * r['mfu_6nd']:.1f}%); "
+          f"{r['page_faults_per_step']} page faults per step, host malloc: {r['host_malloc']}")
