@@ -180,15 +180,96 @@ def test_splash_head_sharded_on_8_devices_matches_xla():
   assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
 
 
-def test_pallas_kernel_under_the_tpu_interpreter():
+def _tpu_kernel(interpret=True, block=None):
+  from varjax.kernels.block_sparse_tpu import block_sparse_attention_tpu
+
+  def run(q, k, v, pn):
+    b = block or attn.pallas_block(q.shape[1])
+    return block_sparse_attention_tpu(q, k, v, pn, block_q=b, block_k=b, interpret=interpret)
+  return run
+
+
+@pytest.mark.parametrize("pn, batch, heads, dtype", CASES)
+def test_tpu_layout_kernel_matches_xla_forward_and_gradients(pn, batch, heads, dtype):
+  length = scales.num_tokens(pn)
+  q, k, v = (jax.random.normal(jax.random.key(i), (batch, length, heads, 16), dtype)
+             for i in range(3))
+  ct = jax.random.normal(jax.random.key(7), (batch, length, heads, 16))
+  up = lambda x: x.astype(jnp.float32)
+  run = _tpu_kernel()
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  out = run(q, k, v, pn)
+  assert out.dtype == dtype
+  assert _max_rel_err(out, attn.attention(up(q), up(k), up(v), pn, impl="xla")) <= tol
+  grads = jax.grad(lambda q, k, v: jnp.sum(up(run(q, k, v, pn)) * ct), (0, 1, 2))(q, k, v)
+  ref = jax.grad(lambda q, k, v: jnp.sum(attn.attention(up(q), up(k), up(v), pn, impl="xla")
+                                         * ct), (0, 1, 2))(q, k, v)
+  for g, r in zip(grads, ref):
+    assert _max_rel_err(g, r) <= tol
+
+
+@pytest.mark.parametrize("variant", ["gpu", "tpu"])
+def test_pallas_kernels_under_the_tpu_interpreter(variant):
+  """JAX's TPU interpreter follows Mosaic's memory model (DMAs, VMEM, SMEM scalars)."""
   from jax.experimental.pallas import tpu as pltpu
   from varjax.kernels.block_sparse import block_sparse_attention
   pn = (1, 2, 3, 4, 5, 6, 8)
   q, k, v = (jax.random.normal(jax.random.key(i), (1, 155, 2, 64)) for i in range(3))
-  run = lambda q, k, v: block_sparse_attention(q, k, v, pn, block_q=128, block_k=128,
-                                               interpret=pltpu.InterpretParams())
+  if variant == "tpu":
+    run = lambda q, k, v: _tpu_kernel(pltpu.InterpretParams(), 128)(q, k, v, pn)
+  else:
+    run = lambda q, k, v: block_sparse_attention(q, k, v, pn, block_q=128, block_k=128,
+                                                 interpret=pltpu.InterpretParams())
   loss = lambda fn: lambda q, k, v: jnp.sum(fn(q, k, v) ** 2)
   ref = lambda q, k, v: attn.attention(q, k, v, pn, impl="xla")
   assert _max_rel_err(run(q, k, v), ref(q, k, v)) <= 1e-5
   for g, r in zip(jax.grad(loss(run), (0, 1, 2))(q, k, v), jax.grad(loss(ref), (0, 1, 2))(q, k, v)):
     assert _max_rel_err(g, r) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_tpu_layout_kernel_on_the_256px_schedule(dtype):
+  pn = scales.SCHEDULES["256"]
+  q, k, v = (jax.random.normal(jax.random.key(i), (1, 680, 2, 64), dtype) for i in range(3))
+  ct = jax.random.normal(jax.random.key(7), (1, 680, 2, 64))
+  up = lambda x: x.astype(jnp.float32)
+  run = _tpu_kernel(block=128)
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  got = jax.grad(lambda q, k, v: jnp.sum(up(run(q, k, v, pn)) * ct), (0, 1, 2))(q, k, v)
+  ref = jax.grad(lambda q, k, v: jnp.sum(attn.attention(up(q), up(k), up(v), pn, impl="xla")
+                                         * ct), (0, 1, 2))(q, k, v)
+  for g, r in zip(got, ref):
+    assert _max_rel_err(g, r) <= tol
+
+
+def test_tpu_layout_fetches_only_the_key_blocks_the_mask_allows():
+  """Pallas copies a block only when its index changes between consecutive grid steps, so
+  the blocks the index maps produce are exactly the DMAs. Checked against the dense mask:
+  a block pair is fetched iff some query in the one may see some key in the other."""
+  from varjax.kernels import block_sparse, block_sparse_tpu as tpu
+  pn, block = scales.SCHEDULES["256"], 128
+  _, lp, _, n_kv, first_q = block_sparse._plan(pn, block, block)
+  nq = nk = lp // block
+  allowed = mask_lib.dense_mask(pn, padded_to=lp).reshape(nq, block, nk, block).any((1, 3))
+
+  def fetched(index_map, outer, inner):
+    pairs, last = set(), None
+    for o in range(outer):
+      for i in range(inner):
+        idx = tuple(int(x) for x in index_map(0, 0, o, i, n_kv, first_q))
+        if idx != last:
+          pairs.add((o, idx[2]))
+        last = idx
+    return pairs
+
+  want = {(i, j) for i in range(nq) for j in range(nk) if allowed[i, j]}
+  # Forward / dq: query block i (grid axis 2) over key blocks (axis 3).
+  kv_pairs = fetched(tpu._visited_key_block, nq, int(n_kv.max()))
+  # The grid cannot fetch nothing: a query block of pure padding keeps block 0 resident.
+  assert kv_pairs - want <= {(i, 0) for i in range(nq) if n_kv[i] == 0}
+  assert want <= kv_pairs
+  # dk/dv: key block j (axis 2) over query blocks (axis 3).
+  q_pairs = {(i, j) for j, i in fetched(tpu._visiting_query_block(nq), nk, nq)}
+  assert q_pairs - want <= {(nq - 1, j) for j in range(nk) if first_q[j] == nq}
+  assert want <= q_pairs
+  assert (len(want), nq * nk) == (28, 36)  # the figure in the kernels' docstrings

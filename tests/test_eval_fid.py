@@ -16,7 +16,7 @@ from conftest import run_varjax
 from varjax import config
 from varjax.config import ModelConfig, TokenizerConfig
 from varjax.errors import VarjaxError
-from varjax.eval import features, fid, frechet, reference
+from varjax.eval import features, fid, reference
 from varjax.models import sampling, store, var, vqvae
 
 PN = (1, 2, 3, 4)

@@ -2,7 +2,6 @@
 weights in the reference layout, as .npz), then sample a grid from the two directories."""
 
 import json
-import os
 
 import numpy as np
 from PIL import Image

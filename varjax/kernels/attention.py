@@ -5,9 +5,10 @@ q and k are L2-normalised and q carries a learned per-head scale, so the softmax
 1 there; `scale` stays an argument for generality.
 
 Implementations: `xla` (dense, with the scale mask: the CPU path and the test oracle),
-`cudnn` (`jax.nn.dot_product_attention(implementation="cudnn")`, GPU, bf16/fp16) and
-`pallas` (our block-sparse kernel, `block_sparse.py`) and `splash` (JAX's TPU splash
-attention with the VAR mask, `splash.py`); both run in interpret mode off their target.
+`cudnn` (`jax.nn.dot_product_attention(implementation="cudnn")`, GPU, bf16/fp16),
+`pallas` (our block-sparse kernel: `block_sparse_tpu.py` on TPU, `block_sparse.py` on GPU
+and, interpreted, on CPU) and `splash` (JAX's TPU splash attention with the VAR mask,
+`splash.py`); the kernels run in interpret mode off their target.
 """
 
 from __future__ import annotations
@@ -49,9 +50,14 @@ def attention(q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, v_BxLxHxK: jax.Array,
     # Splash's key blocks must be multiples of the 128 TPU lanes.
     return splash_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, patch_nums, scale=scale,
                             block=128, mesh=mesh)
+  if impl == "pallas" and jax.default_backend() == "tpu":
+    from varjax.kernels.block_sparse_tpu import block_sparse_attention_tpu
+    # Mosaic wants key blocks of whole 128-lane vregs.
+    return block_sparse_attention_tpu(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, patch_nums,
+                                      scale=scale, block_q=128, block_k=128)
   if impl == "pallas":
     from varjax.kernels.block_sparse import block_sparse_attention
-    block = 128 if length >= 512 else 32 if length >= 64 else 8
+    block = pallas_block(length)
     return block_sparse_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, patch_nums, scale=scale,
                                   block_q=block, block_k=block)
   if impl == "cudnn":
@@ -59,6 +65,12 @@ def attention(q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, v_BxLxHxK: jax.Array,
         q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask=jnp.asarray(allowed_LxL)[None, None],
         scale=scale, implementation="cudnn")
   return dense_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, allowed_LxL, scale)
+
+
+def pallas_block(length: int) -> int:
+  """Block size of the Triton / interpreted kernel: 128 for the real schedules, smaller for
+  toy ones so that interpret-mode tests do not compute mostly padding."""
+  return 128 if length >= 512 else 32 if length >= 64 else 8
 
 
 def dense_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, allowed_LxL, scale: float = 1.0):

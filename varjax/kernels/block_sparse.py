@@ -1,16 +1,19 @@
-"""Our Pallas kernel: flash attention that visits only the key blocks a scale pyramid allows.
+"""Our Pallas kernel, GPU (Triton) layout: flash attention that visits only the key blocks
+a scale pyramid allows.
 
 For VAR's scale-causal mask, query i sees exactly the key prefix [0, end(i)) where end(i)
 is the end of its scale. A query block therefore needs key blocks [0, n_kv[block]) and
-nothing after them: those blocks are never loaded (on the 256 px schedule with 128-wide
-blocks this skips 14 of 36 block pairs). Inside a visited block the element mask is
+nothing after them (on the 256 px schedule with 128-wide blocks 8 of 36 block pairs are
+skipped). Here K and V stay in global memory and a loop over key blocks reads only the
+needed ones; `block_sparse_tpu.py` is the same algorithm with the key blocks as a grid axis,
+as Mosaic's pipelining wants. Inside a visited block the element mask is
 `key < end(query)`. Online softmax in fp32, inputs bf16 or fp32, custom VJP with its own
 backward kernels (dq per query block; dk, dv per key block over the query blocks that see
 it). Padded queries have end 0: they see nothing and produce 0.
 
 Layout inside the kernels is B H L K; the public function takes B L H K like the rest.
-Runs on CPU with `interpret=True` or under the TPU interpreter (`pltpu.InterpretParams`),
-both in the test suite; it has not yet been compiled by Mosaic or Triton on real hardware.
+Runs on CPU with `interpret=True` (the test suite); the test suite also lowers it to Triton
+for an abstract H100. It has not been compiled to PTX or run on a GPU yet.
 """
 
 from __future__ import annotations
