@@ -223,6 +223,20 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
   assert not os.path.exists(str(tmp_path / "tiny" / "summary.json"))
 
 
+def _two_processes(config_path):
+  """`varjax train` as 2 processes x 4 CPU devices, coordinator on a free local port."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  exe = os.path.join(os.path.dirname(sys.executable), "varjax")
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  return [subprocess.Popen([exe, "train", "--config", config_path, "--progress", "off",
+                            "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                            "--process-id", str(i)], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
+
+
 @pytest.mark.slow
 def test_two_processes_reproduce_one(setup, tmp_path):
   """2 processes x 4 CPU devices (coordinator on 127.0.0.1) against 1 process x 8."""
@@ -233,16 +247,7 @@ def test_two_processes_reproduce_one(setup, tmp_path):
   assert one.wait(timeout=600) == 0, one.stderr.read()
   values["run"]["out_dir"] = str(tmp_path / "two")
   path = fx.write_config(values, str(tmp_path / "two.yaml"))
-  import socket
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  exe = os.path.join(os.path.dirname(sys.executable), "varjax")
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-  procs = [subprocess.Popen([exe, "train", "--config", path, "--progress", "off",
-                             "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-                             "--process-id", str(i)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
+  procs = _two_processes(path)
   for p in procs:
     _, err = p.communicate(timeout=600)
     assert p.returncode == 0, err[-3000:]
@@ -252,6 +257,35 @@ def test_two_processes_reproduce_one(setup, tmp_path):
   assert json.load(open(os.path.join(two_dir, "summary.json")))["processes"] == 2
   for a, b in zip(_params(two_dir), _params(one_dir)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both(setup, tmp_path):
+  """Preemption may signal one host only; both must save one checkpoint and stop."""
+  values = fx.tiny_config(setup, str(tmp_path), run={"steps": 400, "name": "pre",
+                                                     "checkpoint_every": 1000, "log_every": 1},
+                          mesh={"data": -1})
+  path = fx.write_config(values, str(tmp_path / "pre.yaml"))
+  run_dir = str(tmp_path / "pre")
+  procs = _two_processes(path)
+  deadline = time.time() + 600
+  while time.time() < deadline:
+    if os.path.exists(os.path.join(run_dir, "metrics.jsonl")) and \
+        len(fx.train_losses(run_dir)) >= 3:
+      break
+    assert all(p.poll() is None for p in procs), procs[0].stderr.read()[-3000:]
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGTERM)  # not the process that writes metrics
+  try:  # without agreement the other process waits in the collective save forever
+    errs = [p.communicate(timeout=180)[1] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  assert [p.returncode for p in procs] == [143, 143], errs[0][-2000:] + errs[1][-2000:]
+  saved = [int(e.split("saved step ")[1].split()[0]) for e in errs]
+  assert saved[0] == saved[1] >= 3
+  assert sorted(int(d) for d in os.listdir(os.path.join(run_dir, "checkpoints"))
+                if d.isdigit()) == [saved[0]]
 
 
 def test_finished_run_measures_its_samples_with_the_configured_protocol(setup, tmp_path,

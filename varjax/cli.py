@@ -149,7 +149,7 @@ def _cmd_convert(args) -> None:
 
 def _cmd_sample(args) -> None:
   import numpy as np
-  from tqdm import tqdm
+  from varjax import progress
   from varjax.data import preview
   from varjax.models import sampling, store
   if args.per_label < 1 or args.batch_size < 1:
@@ -164,7 +164,8 @@ def _cmd_sample(args) -> None:
   images = [np.asarray(sampling.sample_images(model, params, tokenizer, {"params": tok_params},
                                               labels[i:i + args.batch_size], protocol,
                                               batch_index=i // args.batch_size))
-            for i in tqdm(batches, desc="sampling", unit="batch", disable=len(batches) < 2)]
+            for i in progress.bar(batches, desc="sampling", unit="batch",
+                                  enabled=None if len(batches) > 1 else False)]
   images = np.concatenate(images) * 2 - 1
   path = preview.save_image_grid(images, args.out, columns=args.per_label)
   with open(os.path.splitext(path)[0] + ".json", "w") as f:

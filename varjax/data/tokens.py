@@ -18,13 +18,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
 
-from varjax import files
+from varjax import files, progress as progress_lib
 from varjax.data.pipeline import resize_and_crop, to_unit_range
 from varjax.errors import DataError, VarjaxError
 
@@ -100,11 +99,8 @@ def tokenize_split(tokenizer_dir: str, split: str, out_dir: str, *,
                             "center")
     return image, int(example[label_key]) if label_key else 0
 
-  show = sys.stdout.isatty() if progress is None else progress
-  bar = None
-  if show:
-    from tqdm import tqdm
-    bar = tqdm(total=num_chunks, initial=done, desc=f"tokenize {split}", unit="chunk")
+  bar = progress_lib.bar(total=num_chunks, initial=done, desc=f"tokenize {split}",
+                         unit="chunk", enabled=progress)
   new_chunks = 0
   for c in range(done, num_chunks):
     if max_chunks is not None and new_chunks >= max_chunks:
@@ -123,10 +119,8 @@ def tokenize_split(tokenizer_dir: str, split: str, out_dir: str, *,
       arr.flush()
     files.write_json(progress_path, {"settings": settings, "chunks_done": c + 1})
     new_chunks += 1
-    if bar is not None:
-      bar.update(1)
-  if bar is not None:
-    bar.close()
+    bar.update(1)
+  bar.close()
   del arrays, labels
   with open(progress_path) as f:
     complete = json.load(f)["chunks_done"] == num_chunks

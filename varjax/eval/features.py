@@ -173,10 +173,10 @@ def train_cnn(train_images: np.ndarray, train_labels: np.ndarray, val_images: np
               val_labels: np.ndarray, out_dir: str, *, name: str, dataset: str,
               num_classes: int, widths: Sequence[int] = (32, 64, 128), epochs: int = 5,
               batch_size: int = 128, lr: float = 2e-3, seed: int = 0,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool | None = None) -> dict[str, Any]:
   """Trains the classifier on uint8 images, writes the feature-network directory and
   returns its spec (with train/validation accuracy and the time taken)."""
-  from tqdm import tqdm
+  from varjax import progress as progress_lib
   n, side = len(train_images), train_images.shape[1]
   if not re.fullmatch(r"[a-z0-9_]+", name) or name == INCEPTION_NAME:
     raise VarjaxError(f"feature network name {name!r}: use lower-case letters, digits and _ "
@@ -215,7 +215,7 @@ def train_cnn(train_images: np.ndarray, train_labels: np.ndarray, val_images: np
     return hits / max(len(images), 1)
 
   rng = np.random.default_rng(seed)
-  bar = tqdm(total=total, desc=f"training {name}", unit="step", disable=not progress)
+  bar = progress_lib.bar(total=total, desc=f"training {name}", unit="step", enabled=progress)
   loss = float("nan")
   for epoch in range(epochs):
     order = rng.permutation(n)

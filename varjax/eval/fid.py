@@ -45,13 +45,13 @@ def to_uint8(images_01: np.ndarray) -> np.ndarray:
 
 def generate(model, params, tokenizer, tokenizer_params, labels: np.ndarray,
              protocol: sampling.SamplingProtocol, batch_size: int,
-             progress: bool = True) -> np.ndarray:
+             progress: bool | None = None) -> np.ndarray:
   """uint8 [K, H, W, 3]. Batch b uses key fold_in(seed, b); the last batch is padded to
   `batch_size` (label 0) so that one compiled sampler serves every batch."""
-  from tqdm import tqdm
+  from varjax import progress as progress_lib
   out = []
   starts = range(0, len(labels), batch_size)
-  for b, i in enumerate(tqdm(starts, desc="sampling", unit="batch", disable=not progress)):
+  for b, i in enumerate(progress_lib.bar(starts, desc="sampling", unit="batch", enabled=progress)):
     batch = labels[i:i + batch_size]
     n = len(batch)
     padded = np.concatenate([batch, np.zeros(batch_size - n, batch.dtype)])
@@ -89,7 +89,7 @@ def evaluate_run(run_dir: str, network: FeatureNetwork, *, tokenizer_dir: str | 
                  protocol: sampling.SamplingProtocol = sampling.SamplingProtocol(),
                  reference_split: str | None = None, data_dir: str | None = None,
                  cache_dir: str | None = None, grid_size: int = 64,
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool | None = None) -> dict[str, Any]:
   """Samples, measures and records; returns {metric, value, sample_protocol, ...}."""
   if num_samples < 2 or batch_size < 1:
     raise VarjaxError(f"need at least 2 samples and a batch size >= 1, got {num_samples} "

@@ -25,9 +25,9 @@ from varjax.eval.frechet import FeatureAccumulator, FeatureStats
 
 def load_split_images(dataset: str, split: str, resolution: int, data_dir: str | None = None,
                       label_key: str = "label", image_key: str = "image",
-                      progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                      progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
   """(uint8 [N, res, res, 3] centre crops, int64 labels [N]; zeros if unlabelled)."""
-  from tqdm import tqdm
+  from varjax import progress as progress_lib
   from varjax.data import pipeline, sources
   from varjax.errors import DataError
   source = sources.open_split(dataset, split, data_dir)
@@ -42,22 +42,23 @@ def load_split_images(dataset: str, split: str, resolution: int, data_dir: str |
 
   n = len(source)
   with concurrent.futures.ThreadPoolExecutor(4) as pool:
-    examples = list(tqdm(pool.map(read, range(n)), total=n, desc=f"reading {dataset}[{split}]",
-                         unit="img", disable=not progress))
+    examples = list(progress_lib.bar(pool.map(read, range(n)), total=n,
+                                     desc=f"reading {dataset}[{split}]", unit="img",
+                                     enabled=progress))
   images = np.stack([im for im, _ in examples])
   labels = np.array([lab for _, lab in examples], np.int64)
   return images, labels
 
 
 def feature_stats(network: FeatureNetwork, images_NxHxWx3: np.ndarray, meta: dict | None = None,
-                  progress: bool = True, desc: str = "features") -> FeatureStats:
+                  progress: bool | None = None, desc: str = "features") -> FeatureStats:
   """Gaussian statistics of the network's features of uint8 images, with a progress bar."""
-  from tqdm import tqdm
+  from varjax import progress as progress_lib
   network.check_images(np.shape(images_NxHxWx3))
   acc = FeatureAccumulator()
   chunk = network.batch_size * 4
-  for i in tqdm(range(0, len(images_NxHxWx3), chunk), desc=desc, unit="batch",
-                disable=not progress):
+  for i in progress_lib.bar(range(0, len(images_NxHxWx3), chunk), desc=desc, unit="batch",
+                            enabled=progress):
     acc.add(network.features(images_NxHxWx3[i:i + chunk]))
   return acc.stats({"network": network.name, "fingerprint": network.fingerprint, **(meta or {})})
 
@@ -77,7 +78,7 @@ def default_cache_dir(data_dir: str | None = None) -> str:
 def reference_stats(network: FeatureNetwork, dataset: str, split: str, resolution: int,
                     data_dir: str | None = None, cache_dir: str | None = None,
                     label_key: str = "label", image_key: str = "image", force: bool = False,
-                    progress: bool = True) -> tuple[FeatureStats, str, bool]:
+                    progress: bool | None = None) -> tuple[FeatureStats, str, bool]:
   """(statistics, cache file, whether it came from the cache)."""
   path = stats_path(cache_dir or default_cache_dir(data_dir), dataset, split, resolution,
                     network)

@@ -65,18 +65,36 @@ class Checkpoints:
 
 
 class PreemptionFlag:
-  """Set by SIGTERM (TPU/cloud preemption, `kill`, Ray stopping a task): the loop saves a
-  checkpoint at the end of the current step and exits. Only the main thread can install
-  the handler; elsewhere the flag simply stays unset."""
+  """SIGTERM (TPU/cloud preemption, `kill`, Ray stopping a task) asks the loop to save a
+  checkpoint at the end of a step and exit; `reached(step)` says when.
+
+  One process: a Python SIGTERM handler sets a flag (only the main thread can install it;
+  elsewhere the flag stays unset). Several processes (`jax.distributed` initialised): the
+  signal may reach only some of them, yet the save is collective, so they must agree on
+  the step. JAX's preemption sync manager does that: it catches SIGTERM itself, tells the
+  other processes through the coordination service, and `reached_preemption_sync_point`
+  returns True on every process at the same step. No Python handler is installed then,
+  since it would take the signal away from JAX's."""
 
   def __init__(self):
+    import jax
+    from jax._src import distributed as jax_distributed  # is the client up?
     self.requested = False
     self._previous = None
-    if threading.current_thread() is threading.main_thread():
+    self._synced = (jax.process_count() > 1
+                    and jax_distributed.global_state.preemption_sync_manager is not None)
+    if not self._synced and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     self.requested = True
+
+  def reached(self, step: int) -> bool:
+    """Call once per step, with the same steps on every process."""
+    if self._synced:
+      from jax.experimental import multihost_utils
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
 
   def restore(self) -> None:
     if self._previous is not None:

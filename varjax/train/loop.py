@@ -22,7 +22,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from varjax import files
+from varjax import files, progress as progress_lib
 from varjax.config import Config
 from varjax.data import pipeline, tokens as tokens_lib
 from varjax.errors import VarjaxError
@@ -132,7 +132,7 @@ def sample_quality(cfg: Config, directory: str, progress, log) -> dict[str, Any]
   result = fid.evaluate_run(directory, network, num_samples=ev.num_samples,
                             batch_size=ev.batch_size, protocol=protocol,
                             reference_split=ev.reference_split,
-                            progress=bool(progress) if progress is not None else False)
+                            progress=progress)
   log(f"{result['metric']} = {result['value']:.4f} ({ev.num_samples} samples, "
       f"{result['seconds']} s)")
   return fid.read_summary(directory)
@@ -203,7 +203,8 @@ def train(cfg: Config, *, progress: bool | None = None, log: Callable[[str], Non
 
   writer = metrics_lib.MetricsWriter(directory)
   preempt = checkpoint.PreemptionFlag()
-  bar = metrics_lib.progress_bar(cfg.run.steps, first_step, cfg.run.name, progress)
+  bar = progress_lib.bar(total=cfg.run.steps, initial=first_step, desc=cfg.run.name,
+                        unit="step", enabled=progress)
 
   def save(step_done: int) -> None:
     ckpts.save(step_done, state, {"step": step_done, "examples_seen": step_done * batch,
@@ -237,18 +238,16 @@ def train(cfg: Config, *, progress: bool | None = None, log: Callable[[str], Non
         if peak_total:
           record["mfu"] = rate * flops_per_step / peak_total
         writer.write(done_steps, "train", record)
-        if bar is not None:
-          bar.set_postfix(loss=f"{float(m['loss']):.4f}", err=f"{float(m['token_error']):.1f}%")
+        bar.set_postfix(loss=f"{float(m['loss']):.4f}", err=f"{float(m['token_error']):.1f}%")
         window_start, window_steps = time.perf_counter(), 0
-      if bar is not None:
-        bar.update(1)
+      bar.update(1)
       pausing = False
       if done_steps % cfg.run.eval_every == 0 and done_steps < cfg.run.steps:
         last_eval = evaluate(eval_step, state["params"], eval_data, prepare,
                              cfg.run.eval_examples)
         writer.write(done_steps, "eval", last_eval)
         pausing = True
-      if preempt.requested:
+      if preempt.reached(done_steps):
         save(done_steps)
         raise checkpoint.Preempted(f"SIGTERM: saved step {done_steps} in {ckpts.directory}; "
                                    "rerun the same command to resume")
@@ -259,9 +258,7 @@ def train(cfg: Config, *, progress: bool | None = None, log: Callable[[str], Non
         window_start = time.perf_counter()
       if on_step is not None:
         on_step(done_steps)
-    if bar is not None:
-      bar.close()
-      bar = None
+    bar.close()
 
     # ---- end: final evaluation, checkpoint, model dir, summary (last)
     last_eval = evaluate(eval_step, state["params"], eval_data, prepare, cfg.run.eval_examples)
@@ -292,8 +289,7 @@ def train(cfg: Config, *, progress: bool | None = None, log: Callable[[str], Non
         summary = sample_quality(cfg, directory, progress, log)
     return summary
   finally:
-    if bar is not None:
-      bar.close()
+    bar.close()
     preempt.restore()
     writer.close()
     ckpts.close()

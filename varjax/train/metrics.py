@@ -1,4 +1,4 @@
-"""Training metrics: `metrics.jsonl` in the run dir, TensorBoard events, a progress bar.
+"""Training metrics: `metrics.jsonl` in the run dir and TensorBoard events.
 
 Each line of metrics.jsonl is one JSON object with `step` and `split` ("train" or "eval");
 lists (per-scale values) stay lists. The file is appended and flushed line by line, so a
@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from typing import Any
 
 import jax
@@ -86,13 +85,3 @@ class MetricsWriter:
     if self._tb is not None:
       self._tb.flush()
       self._tb.close()
-
-
-def progress_bar(total: int, initial: int, desc: str, enabled: bool | None = None):
-  """tqdm bar with ETA when stderr is a terminal (or forced); None otherwise."""
-  if enabled is None:
-    enabled = sys.stderr.isatty()
-  if not enabled or jax.process_index() != 0:
-    return None
-  from tqdm import tqdm
-  return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)

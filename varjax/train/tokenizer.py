@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 import warnings
 from typing import Any, Callable
@@ -30,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from varjax import files
+from varjax import files, progress as progress_lib
 from varjax.config import Config, OptimConfig
 from varjax.data.pipeline import ImagePipeline, pipeline_from_config
 from varjax.models import scales, store, vqvae
@@ -220,11 +219,8 @@ def train_tokenizer(cfg: Config, *, progress: bool | None = None,
   last_used_V = np.asarray(state["last_used_V"]).copy()
   restarts, image_count = int(state["restarts"]), int(state["image_count"])
   image_sum = np.asarray(state["image_sum"], np.float32)
-  show_bar = sys.stdout.isatty() if progress is None else progress
-  bar = None
-  if show_bar:
-    from tqdm import tqdm
-    bar = tqdm(total=cfg.run.steps, initial=first_step, desc="tokenizer", unit="step")
+  bar = progress_lib.bar(total=cfg.run.steps, initial=first_step, desc="tokenizer",
+                         unit="step", enabled=progress)
   metrics_path = os.path.join(run_dir, "metrics.jsonl")
   metrics_lib.truncate_after(run_dir, first_step)
   t_loop, seen = time.time() - float(state["train_time"]), 0
@@ -254,10 +250,8 @@ def train_tokenizer(cfg: Config, *, progress: bool | None = None,
                   **{k: float(m[k]) for k in ("loss", "l1", "l2", "vq_loss", "grad_norm")},
                   "usage": [round(float(u), 4) for u in m["usage_S"]]}
         write(record)
-        if bar is not None:
-          bar.set_postfix(loss=f"{record['loss']:.4f}", l2=f"{record['l2']:.4f}")
-      if bar is not None:
-        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", l2=f"{record['l2']:.4f}")
+      bar.update(1)
       if (step + 1) % cfg.run.eval_every == 0 and step + 1 < cfg.run.steps:
         ev = evaluate(model, params, eval_data)
         write({"step": step + 1, **{f"eval/{k}": v for k, v in ev.items()}})
@@ -268,8 +262,7 @@ def train_tokenizer(cfg: Config, *, progress: bool | None = None,
             "image_count": image_count, "train_time": time.time() - t_loop})
       if on_step is not None:
         on_step(step + 1)
-    if bar is not None:
-      bar.close()
+    bar.close()
     train_time = time.time() - t_loop
 
     # ---- final evaluation and checkpoint
