@@ -125,11 +125,6 @@ def _specs(b_h_block, length_block, head_dim):
   return pl.BlockSpec((None, None, length_block, head_dim), b_h_block)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
-def _attention_bhlk(q, k, v, patch_nums, scale, block_q, block_k, interpret):
-  return _forward(q, k, v, patch_nums, scale, block_q, block_k, interpret)[0]
-
-
 def _forward(q, k, v, patch_nums, scale, block_q, block_k, interpret):
   B, H, Lp, K = q.shape
   _, _, ends, n_kv, _ = _plan(patch_nums, block_q, block_k)
@@ -149,11 +144,6 @@ def _forward(q, k, v, patch_nums, scale, block_q, block_k, interpret):
       interpret=interpret,
   )(jnp.asarray(n_kv), jnp.asarray(ends), q, k, v)
   return o, lse
-
-
-def _fwd_rule(q, k, v, patch_nums, scale, block_q, block_k, interpret):
-  o, lse = _forward(q, k, v, patch_nums, scale, block_q, block_k, interpret)
-  return o, (q, k, v, o, lse)
 
 
 def _bwd_rule(patch_nums, scale, block_q, block_k, interpret, res, do):
@@ -190,7 +180,40 @@ def _bwd_rule(patch_nums, scale, block_q, block_k, interpret, res, do):
   return dq, dk, dv
 
 
-_attention_bhlk.defvjp(_fwd_rule, _bwd_rule)
+def differentiable(forward, backward):
+  """The custom-VJP attention on padded [B, H, Lp, K] arrays from a kernel pair:
+  forward(q, k, v, *static) -> (o, lse), backward(*static, (q, k, v, o, lse), do) ->
+  (dq, dk, dv); static = (patch_nums, scale, block_q, block_k, interpret). Shared by both
+  layouts."""
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
+  def attention_bhlk(q, k, v, patch_nums, scale, block_q, block_k, interpret):
+    return forward(q, k, v, patch_nums, scale, block_q, block_k, interpret)[0]
+
+  def forward_with_residuals(q, k, v, *static):
+    o, lse = forward(q, k, v, *static)
+    return o, (q, k, v, o, lse)
+
+  attention_bhlk.defvjp(forward_with_residuals, backward)
+  return attention_bhlk
+
+
+def run_padded(attention_bhlk, q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, patch_nums, scale: float,
+               block_q: int, block_k: int, interpret):
+  """Checks the shapes, pads L to the block size, runs [B, H, Lp, K] attention, unpads."""
+  B, L, H, K = q_BxLxHxK.shape
+  length, lp, _, _, _ = _plan(tuple(patch_nums), block_q, block_k)
+  if length != L:
+    raise ValueError(f"sequence has {L} tokens but the schedule has {length}")
+  if lp % block_q or lp % block_k:
+    raise ValueError("block_q and block_k must divide each other's multiples; use equal "
+                     "sizes or powers of two")
+  pad = lambda x: jnp.pad(x, ((0, 0), (0, lp - L), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+  o = attention_bhlk(pad(q_BxLxHxK), pad(k_BxLxHxK), pad(v_BxLxHxK), tuple(patch_nums),
+                     float(scale), block_q, block_k, interpret)
+  return o.transpose(0, 2, 1, 3)[:, :L]
+
+
+_attention_bhlk = differentiable(_forward, _bwd_rule)
 
 
 def block_sparse_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, patch_nums, *, scale: float = 1.0,
@@ -202,14 +225,5 @@ def block_sparse_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, patch_nums, *, scale
   the kernels in JAX's TPU interpreter, which follows Mosaic's memory semantics."""
   if interpret is None:
     interpret = jax.default_backend() == "cpu"
-  B, L, H, K = q_BxLxHxK.shape
-  length, lp, _, _, _ = _plan(tuple(patch_nums), block_q, block_k)
-  if length != L:
-    raise ValueError(f"sequence has {L} tokens but the schedule has {length}")
-  if lp % block_q or lp % block_k:
-    raise ValueError("block_q and block_k must divide each other's multiples; use equal "
-                     "sizes or powers of two")
-  pad = lambda x: jnp.pad(x, ((0, 0), (0, lp - L), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
-  o = _attention_bhlk(pad(q_BxLxHxK), pad(k_BxLxHxK), pad(v_BxLxHxK), tuple(patch_nums),
-                      float(scale), block_q, block_k, interpret)
-  return o.transpose(0, 2, 1, 3)[:, :L]
+  return run_padded(_attention_bhlk, q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, patch_nums, scale,
+                    block_q, block_k, interpret)

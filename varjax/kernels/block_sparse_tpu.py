@@ -167,11 +167,6 @@ def _call(kernel, grid, in_specs, out_specs, out_shape, scratch, plan_arrays, in
   ), (jnp.asarray(n_kv), jnp.asarray(first_q))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
-def _attention_bhlk(q, k, v, patch_nums, scale, block_q, block_k, interpret):
-  return _forward(q, k, v, patch_nums, scale, block_q, block_k, interpret)[0]
-
-
 def _forward(q, k, v, patch_nums, scale, block_q, block_k, interpret):
   B, H, Lp, K = q.shape
   _, _, ends, n_kv, first_q = block_sparse._plan(patch_nums, block_q, block_k)
@@ -189,11 +184,6 @@ def _forward(q, k, v, patch_nums, scale, block_q, block_k, interpret):
       (n_kv, first_q), interpret)
   o, lse = call(*prefetch, jnp.asarray(ends).reshape(Lp, 1), q, k, v)
   return o, lse
-
-
-def _fwd_rule(q, k, v, patch_nums, scale, block_q, block_k, interpret):
-  o, lse = _forward(q, k, v, patch_nums, scale, block_q, block_k, interpret)
-  return o, (q, k, v, o, lse)
 
 
 def _bwd_rule(patch_nums, scale, block_q, block_k, interpret, res, do):
@@ -232,7 +222,7 @@ def _bwd_rule(patch_nums, scale, block_q, block_k, interpret, res, do):
   return dq, dk, dv
 
 
-_attention_bhlk.defvjp(_fwd_rule, _bwd_rule)
+_attention_bhlk = block_sparse.differentiable(_forward, _bwd_rule)
 
 
 def block_sparse_attention_tpu(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, patch_nums, *,
@@ -244,14 +234,5 @@ def block_sparse_attention_tpu(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, patch_nums, *,
   `pltpu.InterpretParams()`."""
   if interpret is None:
     interpret = jax.default_backend() != "tpu"
-  B, L, H, K = q_BxLxHxK.shape
-  length, lp, _, _, _ = block_sparse._plan(tuple(patch_nums), block_q, block_k)
-  if length != L:
-    raise ValueError(f"sequence has {L} tokens but the schedule has {length}")
-  if lp % block_q or lp % block_k:
-    raise ValueError("block_q and block_k must divide each other's multiples; use equal "
-                     "sizes or powers of two")
-  pad = lambda x: jnp.pad(x, ((0, 0), (0, lp - L), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
-  o = _attention_bhlk(pad(q_BxLxHxK), pad(k_BxLxHxK), pad(v_BxLxHxK), tuple(patch_nums),
-                      float(scale), block_q, block_k, interpret)
-  return o.transpose(0, 2, 1, 3)[:, :L]
+  return block_sparse.run_padded(_attention_bhlk, q_BxLxHxK, k_BxLxHxK, v_BxLxHxK,
+                                 patch_nums, scale, block_q, block_k, interpret)
