@@ -31,9 +31,9 @@ def test_train_prints_reconstruction_and_usage_and_writes_the_run(tokenizer_run)
   run_dir, stdout = tokenizer_run
   assert "validation reconstruction: MSE" in stdout and "mean-image baseline MSE" in stdout
   assert "codebook usage per scale: 1x1" in stdout and "4x4" in stdout
-  for name in ("config.json", "metrics.jsonl", "params.msgpack", "summary.json",
-               "checkpoints/step_2.msgpack"):
+  for name in ("config.json", "metrics.jsonl", "params.msgpack", "summary.json"):
     assert os.path.isfile(os.path.join(run_dir, name)), name
+  assert os.path.isdir(os.path.join(run_dir, "checkpoints", "2"))  # orbax, one dir a step
   with open(os.path.join(run_dir, "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f]
   assert [r["step"] for r in records if "loss" in r] == [2, 4]
@@ -195,9 +195,39 @@ def test_unreadable_checkpoint_is_skipped_with_a_warning(embedded_data_dir, tmp_
       raise RuntimeError("preempted")
   with pytest.raises(RuntimeError):
     tokenizer.train_tokenizer(cfg, log=lambda _: None, on_step=crash)
-  newest = tmp_path / "tiny" / "checkpoints" / "step_4.msgpack"
-  newest.write_bytes(newest.read_bytes()[:100])  # half-written by a dying disk
+  newest = tmp_path / "tiny" / "checkpoints" / "4"
+  for path in newest.rglob("*"):  # damaged by a dying disk
+    if path.is_file() and "state" in str(path.relative_to(newest)):
+      path.write_bytes(path.read_bytes()[:10])
   lines = []
-  with pytest.warns(UserWarning, match="skipping unreadable checkpoint .*step_4"):
+  with pytest.warns(UserWarning, match="checkpoint .*/4 is unreadable"):
     summary = tokenizer.train_tokenizer(cfg, log=lines.append)
   assert summary["resumed_at_step"] == 2
+
+
+def test_sigterm_saves_and_the_same_command_resumes(embedded_data_dir, tmp_path):
+  import signal
+  import subprocess
+  import sys
+  import time
+  exe = os.path.join(os.path.dirname(sys.executable), "varjax")
+  overrides = [a for a in TINY_TRAIN if not a.startswith(("--run.steps", "--run.checkpoint"))]
+  args = ["tokenizer", "train", "--data-dir", embedded_data_dir, "--out-dir", str(tmp_path),
+          *overrides, "--run.steps=100", "--run.checkpoint_every=1000"]
+  proc = subprocess.Popen([exe, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+  metrics = tmp_path / "tiny" / "metrics.jsonl"
+  deadline = time.time() + 300
+  while time.time() < deadline and not (metrics.exists() and metrics.read_text().strip()):
+    assert proc.poll() is None, proc.stderr.read()
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 143, err
+  step = int(err.split("saved step ")[1].split()[0])
+  assert 2 <= step < 100
+  assert sorted(os.listdir(tmp_path / "tiny" / "checkpoints")) == [str(step)]
+  resumed = run_varjax(*args)
+  assert resumed.returncode == 0, resumed.stderr
+  with open(tmp_path / "tiny" / "summary.json") as f:
+    assert json.load(f)["resumed_at_step"] == step

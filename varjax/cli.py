@@ -9,7 +9,7 @@ import sys
 import time
 
 from varjax import hostmem
-from varjax.errors import VarjaxError
+from varjax.errors import Preempted, VarjaxError
 
 
 def _cmd_data_build(args) -> None:
@@ -178,14 +178,9 @@ def _cmd_sample(args) -> None:
 def _cmd_train(args) -> None:
   from varjax.parallel import distributed
   distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-  from varjax.train import checkpoint, loop
+  from varjax.train import loop
   cfg = _model_config(args)
-  try:
-    summary = loop.train(cfg, progress=None if args.progress == "auto" else
-                         args.progress == "on")
-  except checkpoint.Preempted as e:
-    print(f"varjax: {e}", file=sys.stderr)
-    sys.exit(143)
+  summary = loop.train(cfg, progress=None if args.progress == "auto" else args.progress == "on")
   print(f"{cfg.run.name}: eval loss {summary['loss']:.4f}, token error "
         f"{summary['token_error']:.2f}% after {summary['steps']} steps "
         f"({summary['tokens']:,} tokens, {summary['flops_exact']:.3g} FLOPs; "
@@ -379,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
   args.overrides = extra
   try:
     args.func(args)
+  except Preempted as e:
+    print(f"varjax: {e}", file=sys.stderr)
+    return e.exit_code
   except VarjaxError as e:
     print(f"varjax: error: {e}", file=sys.stderr)
     return 2

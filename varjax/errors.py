@@ -15,3 +15,9 @@ class ConfigError(VarjaxError, ValueError):
 
 class DataError(VarjaxError):
   """A dataset is missing, unprepared or corrupt; the message says what to do."""
+
+
+class Preempted(VarjaxError):
+  """SIGTERM arrived and a checkpoint was written; the CLI exits with 143 (128 + SIGTERM)
+  and the same command resumes."""
+  exit_code = 143

@@ -19,7 +19,7 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
-from varjax.errors import VarjaxError
+from varjax import errors
 
 STATE, RECORD = "state", "record"
 
@@ -102,5 +102,4 @@ class PreemptionFlag:
       self._previous = None
 
 
-class Preempted(VarjaxError):
-  """Raised after the preemption checkpoint is written; the CLI exits with 143."""
+Preempted = errors.Preempted  # raised after the preemption checkpoint is written

@@ -9,20 +9,19 @@ the best FID. Codes unused for `dead_after` steps are re-initialised from residu
 the quantiser saw in the current batch, so the vocabulary stays in use.
 
 A run directory (run.out_dir / run.name) holds config.json, metrics.jsonl (one JSON object
-per log line), checkpoints/step_{k}.msgpack (periodic), params.msgpack (final) and
-summary.json. `varjax.models.store.load_tokenizer(run_dir)` gives back (model, params, config).
+per log line), checkpoints/<step>/ (orbax, periodic; varjax.train.checkpoint, shared
+with the VAR trainer), params.msgpack (final) and summary.json. SIGTERM saves a checkpoint
+and stops (exit 143 from the CLI); the same command resumes. `varjax.models.store.load_tokenizer(run_dir)` gives back (model, params, config).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
-import warnings
 from typing import Any, Callable
-
-import flax.serialization
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +33,7 @@ from varjax.config import Config, OptimConfig
 from varjax.data.pipeline import ImagePipeline, pipeline_from_config
 from varjax.models import scales, store, vqvae
 from varjax.models.vqvae import VQVAE
-from varjax.train import metrics as metrics_lib, optimizer, rundir
+from varjax.train import checkpoint, metrics as metrics_lib, optimizer, rundir
 
 # preset -> (dataset, resolution, schedule): what `--preset` sets besides the tokenizer.
 PRESET_DATA: dict[str, tuple[str, int, tuple[int, ...]]] = {
@@ -146,8 +145,6 @@ def evaluate(model: VQVAE, params, pipeline: ImagePipeline, mean_image=None) -> 
   return out
 
 
-# ------------------------------------------------------------------ checkpoints
-
 # ------------------------------------------------------------------ dead codes
 
 def restart_dead_codes(params, last_used_V: np.ndarray, step: int, rest_NxC: np.ndarray,
@@ -191,7 +188,6 @@ def train_tokenizer(cfg: Config, *, progress: bool | None = None,
     log(f"{run_dir} is a finished run of this config; nothing to do")
     with open(os.path.join(run_dir, "summary.json")) as f:
       return json.load(f)
-  os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
 
   # ---- input
   train_data = pipeline_from_config(cfg.data, cfg.data.train_split, cfg.run.seed)
@@ -203,12 +199,19 @@ def train_tokenizer(cfg: Config, *, progress: bool | None = None,
   tx = make_optimizer(cfg.optim, cfg.run.steps, cfg.data.global_batch_size)
   opt_state = tx.init(params)
   train_step = make_train_step(model, tx)
-  state = {"step": 0, "params": params, "opt_state": opt_state,
-           "last_used_V": np.zeros(cfg.tokenizer.vocab_size, np.int64), "restarts": 0,
-           "image_sum": np.zeros((cfg.data.resolution,) * 2 + (3,), np.float32),
-           "image_count": 0, "train_time": 0.0}
-  state = _restore_latest(run_dir, state, log)
-  first_step = state["step"]
+  # Arrays in the orbax state; counters in the checkpoint's JSON record.
+  state = {"params": params, "opt_state": opt_state,
+           "last_used_V": np.zeros(cfg.tokenizer.vocab_size, np.int32),
+           "image_sum": np.zeros((cfg.data.resolution,) * 2 + (3,), np.float32)}
+  record = {"step": 0, "restarts": 0, "image_count": 0, "train_time": 0.0}
+  ckpts = checkpoint.Checkpoints(run_dir, cfg.run.keep_checkpoints)
+  restored = ckpts.restore_latest(jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype,
+                                     sharding=jax.sharding.SingleDeviceSharding(
+                                         jax.devices()[0])), state))
+  if restored is not None:
+    state, record = restored
+  first_step = int(record["step"])
   log(f"tokenizer {vqvae.count_params(params):,} params, schedule {list(patch_nums)}, "
       f"V {cfg.tokenizer.vocab_size}; {cfg.run.steps} steps of {cfg.data.global_batch_size} "
       f"images from {cfg.data.dataset}[{cfg.data.train_split}] ({len(train_data)}); "
@@ -216,15 +219,24 @@ def train_tokenizer(cfg: Config, *, progress: bool | None = None,
 
   # ---- loop
   params, opt_state = state["params"], state["opt_state"]
-  last_used_V = np.asarray(state["last_used_V"]).copy()
-  restarts, image_count = int(state["restarts"]), int(state["image_count"])
+  last_used_V = np.array(state["last_used_V"], np.int32)
+  restarts, image_count = int(record["restarts"]), int(record["image_count"])
   image_sum = np.asarray(state["image_sum"], np.float32)
+  resumed_time = float(record["train_time"])
+  preempt = checkpoint.PreemptionFlag()
+
+  def save(step_done: int) -> None:
+    ckpts.save(step_done, {"params": params, "opt_state": opt_state,
+                           "last_used_V": last_used_V, "image_sum": image_sum},
+               {"step": step_done, "restarts": restarts, "image_count": image_count,
+                "train_time": time.time() - t_loop})
+
   bar = progress_lib.bar(total=cfg.run.steps, initial=first_step, desc="tokenizer",
                          unit="step", enabled=progress)
   metrics_path = os.path.join(run_dir, "metrics.jsonl")
   metrics_lib.truncate_after(run_dir, first_step)
-  t_loop, seen = time.time() - float(state["train_time"]), 0
-  with open(metrics_path, "a") as metrics_file:
+  t_loop, seen = time.time() - resumed_time, 0
+  with open(metrics_path, "a") as metrics_file, _closing(ckpts, preempt):
     def write(record):
       metrics_file.write(json.dumps(record) + "\n")
       metrics_file.flush()
@@ -245,7 +257,7 @@ def train_tokenizer(cfg: Config, *, progress: bool | None = None,
       if (step + 1) % cfg.run.log_every == 0 or step + 1 == cfg.run.steps:
         elapsed = time.time() - t_loop
         record = {"step": step + 1, "time": elapsed,
-                  "images_per_s": seen / max(elapsed - float(state["train_time"]), 1e-9),
+                  "images_per_s": seen / max(elapsed - resumed_time, 1e-9),
                   "restarted_codes": restarts,
                   **{k: float(m[k]) for k in ("loss", "l1", "l2", "vq_loss", "grad_norm")},
                   "usage": [round(float(u), 4) for u in m["usage_S"]]}
@@ -255,11 +267,12 @@ def train_tokenizer(cfg: Config, *, progress: bool | None = None,
       if (step + 1) % cfg.run.eval_every == 0 and step + 1 < cfg.run.steps:
         ev = evaluate(model, params, eval_data)
         write({"step": step + 1, **{f"eval/{k}": v for k, v in ev.items()}})
+      if preempt.reached(step + 1):
+        save(step + 1)
+        raise checkpoint.Preempted(f"SIGTERM: saved step {step + 1} in {ckpts.directory}; "
+                                   "rerun the same command to resume")
       if (step + 1) % cfg.run.checkpoint_every == 0 and step + 1 < cfg.run.steps:
-        _save_checkpoint(run_dir, cfg.run.keep_checkpoints, {
-            "step": step + 1, "params": params, "opt_state": opt_state,
-            "last_used_V": last_used_V, "restarts": restarts, "image_sum": image_sum,
-            "image_count": image_count, "train_time": time.time() - t_loop})
+        save(step + 1)
       if on_step is not None:
         on_step(step + 1)
     bar.close()
@@ -278,33 +291,13 @@ def train_tokenizer(cfg: Config, *, progress: bool | None = None,
   return summary
 
 
-# ------------------------------------------------------------------ run directory
-
-def _checkpoints(run_dir: str) -> list[tuple[int, str]]:
-  ckpt_dir = os.path.join(run_dir, "checkpoints")
-  if not os.path.isdir(ckpt_dir):
-    return []
-  return sorted((int(name[5:-8]), os.path.join(ckpt_dir, name)) for name in os.listdir(ckpt_dir)
-                if name.startswith("step_") and name.endswith(".msgpack") and name[5:-8].isdigit())
-
-
-def _save_checkpoint(run_dir: str, keep: int, state: dict) -> None:
-  path = os.path.join(run_dir, "checkpoints", f"step_{state['step']}.msgpack")
-  files.write_atomic(path, flax.serialization.to_bytes(jax.device_get(state)))
-  for _, old in _checkpoints(run_dir)[:-keep]:
-    os.remove(old)
-
-
-def _restore_latest(run_dir: str, template: dict, log: Callable[[str], None]) -> dict:
-  """The newest readable checkpoint (an unreadable one is skipped with a warning)."""
-  for step, path in reversed(_checkpoints(run_dir)):
-    try:
-      with open(path, "rb") as f:
-        return flax.serialization.from_bytes(template, f.read())
-    except Exception as e:  # truncated or foreign file: fall back to the one before
-      warnings.warn(f"skipping unreadable checkpoint {path}: {str(e).splitlines()[0]}",
-                    stacklevel=2)
-  return template
+@contextlib.contextmanager
+def _closing(ckpts: checkpoint.Checkpoints, preempt: checkpoint.PreemptionFlag):
+  try:
+    yield
+  finally:
+    preempt.restore()
+    ckpts.close()
 
 
 def format_summary(summary: dict[str, Any], patch_nums) -> str:
