@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 
 import jax
@@ -19,11 +18,10 @@ import numpy as np
 import pandas as pd
 import scipy.optimize
 
-from analysis import CHINCHILLA, bootstrap, fit_law
+from analysis import CHINCHILLA, bootstrap, fit_law, reference_data
 from analysis.fitting import huber
 
-CSV = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                   "chinchilla_epoch_points.csv")
+CSV = reference_data("chinchilla_epoch_points.csv")
 
 
 def main() -> None:

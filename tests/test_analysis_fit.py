@@ -1,6 +1,5 @@
 """Fits against published refits, closed forms and scipy."""
 
-import os
 
 import numpy as np
 import pandas as pd
@@ -11,12 +10,12 @@ import jax
 import jax.numpy as jnp
 
 from analysis import (ANNEALING, CHINCHILLA, OVERTRAIN, annealing_areas, approach1, approach2,
-                      bootstrap, chinchilla_allocation, fit_law, saturating_power_law)
+                      bootstrap, chinchilla_allocation, fit_law, reference_data,
+                      saturating_power_law)
 from analysis.optimize import minimize_batched
 
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
-CHINCHILLA_CSV = os.path.join(SHARED, "chinchilla_epoch_points.csv")
-ANNEALING_CSV = os.path.join(SHARED, "lr_annealing_example_curves.csv")
+CHINCHILLA_CSV = reference_data("chinchilla_epoch_points.csv")
+ANNEALING_CSV = reference_data("lr_annealing_example_curves.csv")
 # Besiroglu et al. 2024 (Epoch AI) refit on the 240 points.
 EPOCH = {"E": 1.817, "A": 482.01, "B": 2085.43, "alpha": 0.3478, "beta": 0.3659}
 
