@@ -182,6 +182,7 @@ def test_crashed_training_resumes_to_the_same_parameters(embedded_data_dir, tmp_
     tokenizer.train_tokenizer(other, log=quiet)
 
 
+@pytest.mark.slow  # the shared Checkpoints / PreemptionFlag are tested by test_train too
 def test_unreadable_checkpoint_is_skipped_with_a_warning(embedded_data_dir, tmp_path):
   from varjax import config
   from varjax.train import tokenizer
@@ -205,6 +206,7 @@ def test_unreadable_checkpoint_is_skipped_with_a_warning(embedded_data_dir, tmp_
   assert summary["resumed_at_step"] == 2
 
 
+@pytest.mark.slow  # the shared Checkpoints / PreemptionFlag are tested by test_train too
 def test_sigterm_saves_and_the_same_command_resumes(embedded_data_dir, tmp_path):
   import signal
   import subprocess
