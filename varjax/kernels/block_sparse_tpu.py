@@ -163,6 +163,10 @@ def _call(kernel, grid, in_specs, out_specs, out_shape, scratch, plan_arrays, in
                                              in_specs=in_specs, out_specs=out_specs,
                                              scratch_shapes=scratch),
       out_shape=out_shape,
+      # The last grid axis carries the scratch accumulators; the others may be split
+      # across TensorCores (megacore on v4 / v5p).
+      compiler_params=pltpu.CompilerParams(
+          dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
       interpret=interpret,
   ), (jnp.asarray(n_kv), jnp.asarray(first_q))
 
