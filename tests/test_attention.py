@@ -248,7 +248,7 @@ def test_tpu_layout_fetches_only_the_key_blocks_the_mask_allows():
   a block pair is fetched iff some query in the one may see some key in the other."""
   from varjax.kernels import block_sparse, block_sparse_tpu as tpu
   pn, block = scales.SCHEDULES["256"], 128
-  _, lp, _, n_kv, first_q = block_sparse._plan(pn, block, block)
+  _, lp, _, n_kv, first_q = block_sparse.plan(pn, block, block)
   nq = nk = lp // block
   allowed = mask_lib.dense_mask(pn, padded_to=lp).reshape(nq, block, nk, block).any((1, 3))
 

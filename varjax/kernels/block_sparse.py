@@ -30,7 +30,10 @@ from varjax.kernels import mask as mask_lib
 NEG_INF = -1e30  # finite, so fully masked rows stay NaN-free
 
 
-def _plan(patch_nums, block_q: int, block_k: int):
+def plan(patch_nums, block_q: int, block_k: int):
+  """(L, padded Lp, ends int32[Lp] (0 for pad rows), n_kv int32[nq] key blocks each query
+  block visits, first_q int32[nk] first query block seeing each key block, nq if none);
+  both kernel layouts use it."""
   ends = mask_lib.key_prefix_end(patch_nums)
   length = len(ends)
   lp = mask_lib.padded_length(length, max(block_q, block_k))
@@ -127,7 +130,7 @@ def _specs(b_h_block, length_block, head_dim):
 
 def _forward(q, k, v, patch_nums, scale, block_q, block_k, interpret):
   B, H, Lp, K = q.shape
-  _, _, ends, n_kv, _ = _plan(patch_nums, block_q, block_k)
+  _, _, ends, n_kv, _ = plan(patch_nums, block_q, block_k)
   nq = Lp // block_q
   full = pl.BlockSpec((None, None, Lp, K), lambda b, h, i: (b, h, 0, 0))
   o, lse = pl.pallas_call(
@@ -149,7 +152,7 @@ def _forward(q, k, v, patch_nums, scale, block_q, block_k, interpret):
 def _bwd_rule(patch_nums, scale, block_q, block_k, interpret, res, do):
   q, k, v, o, lse = res
   B, H, Lp, K = q.shape
-  _, _, ends, n_kv, first_q = _plan(patch_nums, block_q, block_k)
+  _, _, ends, n_kv, first_q = plan(patch_nums, block_q, block_k)
   nq, nk = Lp // block_q, Lp // block_k
   delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)  # [B, H, Lp]
   full = pl.BlockSpec((None, None, Lp, K), lambda b, h, i: (b, h, 0, 0))
@@ -201,7 +204,7 @@ def run_padded(attention_bhlk, q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, patch_nums, scal
                block_q: int, block_k: int, interpret):
   """Checks the shapes, pads L to the block size, runs [B, H, Lp, K] attention, unpads."""
   B, L, H, K = q_BxLxHxK.shape
-  length, lp, _, _, _ = _plan(tuple(patch_nums), block_q, block_k)
+  length, lp, _, _, _ = plan(tuple(patch_nums), block_q, block_k)
   if length != L:
     raise ValueError(f"sequence has {L} tokens but the schedule has {length}")
   if lp % block_q or lp % block_k:

@@ -155,8 +155,9 @@ def _ends_for_rows(index_map):
   return lambda *idx: (index_map(*idx)[2], 0)
 
 
-def _call(kernel, grid, in_specs, out_specs, out_shape, scratch, plan_arrays, interpret):
-  n_kv, first_q = plan_arrays
+def _run(kernel, grid, in_specs, out_specs, out_shape, scratch, plan_arrays, interpret,
+         *operands):
+  """pallas_call with the plan (n_kv, first_q) scalar-prefetched ahead of `operands`."""
   return pl.pallas_call(
       kernel,
       grid_spec=pltpu.PrefetchScalarGridSpec(num_scalar_prefetch=2, grid=grid,
@@ -168,61 +169,58 @@ def _call(kernel, grid, in_specs, out_specs, out_shape, scratch, plan_arrays, in
       compiler_params=pltpu.CompilerParams(
           dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
       interpret=interpret,
-  ), (jnp.asarray(n_kv), jnp.asarray(first_q))
+  )(*(jnp.asarray(a) for a in plan_arrays), *operands)
+
+
+def _query_major_specs(block_q, block_k, head_dim):
+  """Forward and dq (grid over query blocks, key blocks innermost): ends, a query-row block,
+  a visited key/value block, a row vector."""
+  return (pl.BlockSpec((block_q, 1), _ends_for_rows(_row_block)),
+          pl.BlockSpec((None, None, block_q, head_dim), _row_block),
+          pl.BlockSpec((None, None, block_k, head_dim), _visited_key_block),
+          pl.BlockSpec((None, None, block_q, 1), _row_block))
 
 
 def _forward(q, k, v, patch_nums, scale, block_q, block_k, interpret):
   B, H, Lp, K = q.shape
-  _, _, ends, n_kv, first_q = block_sparse._plan(patch_nums, block_q, block_k)
-  nq = Lp // block_q
-  q_spec = pl.BlockSpec((None, None, block_q, K), _row_block)
-  kv_spec = pl.BlockSpec((None, None, block_k, K), _visited_key_block)
-  row_vec = pl.BlockSpec((None, None, block_q, 1), _row_block)
-  ends_spec = pl.BlockSpec((block_q, 1), _ends_for_rows(_row_block))
-  call, prefetch = _call(
-      functools.partial(_fwd_kernel, scale=scale), (B, H, nq, max(int(n_kv.max()), 1)),
+  _, _, ends, n_kv, first_q = block_sparse.plan(patch_nums, block_q, block_k)
+  ends_spec, q_spec, kv_spec, row_vec = _query_major_specs(block_q, block_k, K)
+  return _run(
+      functools.partial(_fwd_kernel, scale=scale), (B, H, Lp // block_q, max(int(n_kv.max()), 1)),
       [ends_spec, q_spec, kv_spec, kv_spec], [q_spec, row_vec],
       [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((B, H, Lp, 1), jnp.float32)],
       [pltpu.VMEM((block_q, 1), jnp.float32), pltpu.VMEM((block_q, 1), jnp.float32),
        pltpu.VMEM((block_q, K), jnp.float32)],
-      (n_kv, first_q), interpret)
-  o, lse = call(*prefetch, jnp.asarray(ends).reshape(Lp, 1), q, k, v)
-  return o, lse
+      (n_kv, first_q), interpret, jnp.asarray(ends).reshape(Lp, 1), q, k, v)
 
 
 def _bwd_rule(patch_nums, scale, block_q, block_k, interpret, res, do):
   q, k, v, o, lse = res
   B, H, Lp, K = q.shape
-  _, _, ends, n_kv, first_q = block_sparse._plan(patch_nums, block_q, block_k)
+  _, _, ends, n_kv, first_q = block_sparse.plan(patch_nums, block_q, block_k)
   nq, nk = Lp // block_q, Lp // block_k
   delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1, keepdims=True)
-  ends_col = jnp.asarray(ends).reshape(Lp, 1)
-  plan_arrays = (n_kv, first_q)
+  operands = (jnp.asarray(ends).reshape(Lp, 1), q, k, v, do, lse, delta)
 
-  q_spec = pl.BlockSpec((None, None, block_q, K), _row_block)
-  kv_spec = pl.BlockSpec((None, None, block_k, K), _visited_key_block)
-  row_vec = pl.BlockSpec((None, None, block_q, 1), _row_block)
-  call, prefetch = _call(
+  ends_spec, q_spec, kv_spec, row_vec = _query_major_specs(block_q, block_k, K)
+  dq = _run(
       functools.partial(_dq_kernel, scale=scale), (B, H, nq, max(int(n_kv.max()), 1)),
-      [pl.BlockSpec((block_q, 1), _ends_for_rows(_row_block)), q_spec, kv_spec, kv_spec,
-       q_spec, row_vec, row_vec],
+      [ends_spec, q_spec, kv_spec, kv_spec, q_spec, row_vec, row_vec],
       q_spec, jax.ShapeDtypeStruct(q.shape, q.dtype),
-      [pltpu.VMEM((block_q, K), jnp.float32)], plan_arrays, interpret)
-  dq = call(*prefetch, ends_col, q, k, v, do, lse, delta)
+      [pltpu.VMEM((block_q, K), jnp.float32)], (n_kv, first_q), interpret, *operands)
 
   visiting = _visiting_query_block(nq)
   q_seen = pl.BlockSpec((None, None, block_q, K), visiting)
   vec_seen = pl.BlockSpec((None, None, block_q, 1), visiting)
   k_own = pl.BlockSpec((None, None, block_k, K), _key_row_block)
-  call, prefetch = _call(
+  dk, dv = _run(
       functools.partial(_dkv_kernel, scale=scale), (B, H, nk, nq),
       [pl.BlockSpec((block_q, 1), _ends_for_rows(visiting)), q_seen, k_own,
        k_own, q_seen, vec_seen, vec_seen],
       [k_own, k_own],
       [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
       [pltpu.VMEM((block_k, K), jnp.float32), pltpu.VMEM((block_k, K), jnp.float32)],
-      plan_arrays, interpret)
-  dk, dv = call(*prefetch, ends_col, q, k, v, do, lse, delta)
+      (n_kv, first_q), interpret, *operands)
   return dq, dk, dv
 
 

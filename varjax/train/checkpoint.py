@@ -34,6 +34,12 @@ class Checkpoints:
                                            enable_async_checkpointing=False)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
+  def save_and_stop(self, step: int, state: Any, record: dict):
+    """The preemption exit: saves `step` and raises Preempted (the CLI exits 143)."""
+    self.save(step, state, record)
+    raise errors.Preempted(f"SIGTERM: saved step {step} in {self.directory}; rerun the same "
+                           "command to resume")
+
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
@@ -46,7 +52,8 @@ class Checkpoints:
 
   def restore_latest(self, abstract_state: Any) -> tuple[Any, dict] | None:
     """(state, record) of the newest readable checkpoint, or None if there is none.
-    `abstract_state` holds jax.ShapeDtypeStructs with the target shardings."""
+    `abstract_state` gives shapes, dtypes and target shardings: jax.ShapeDtypeStructs, or
+    arrays of the same shape (NumPy arrays restore as NumPy)."""
     for step in reversed(self.steps()):
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(**{
@@ -78,11 +85,10 @@ class PreemptionFlag:
 
   def __init__(self):
     import jax
-    from jax._src import distributed as jax_distributed  # is the client up?
     self.requested = False
     self._previous = None
-    self._synced = (jax.process_count() > 1
-                    and jax_distributed.global_state.preemption_sync_manager is not None)
+    self._synced = (jax.process_count() > 1 and jax.distributed.is_initialized()
+                    and jax.config.jax_enable_preemption_service)
     if not self._synced and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
 

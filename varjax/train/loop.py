@@ -206,9 +206,8 @@ def train(cfg: Config, *, progress: bool | None = None, log: Callable[[str], Non
   bar = progress_lib.bar(total=cfg.run.steps, initial=first_step, desc=cfg.run.name,
                         unit="step", enabled=progress)
 
-  def save(step_done: int) -> None:
-    ckpts.save(step_done, state, {"step": step_done, "examples_seen": step_done * batch,
-                                  "wall_time": time.time()})
+  def ckpt_record(step_done: int) -> dict[str, Any]:
+    return {"step": step_done, "examples_seen": step_done * batch, "wall_time": time.time()}
 
   train_time, window_start, window_steps = 0.0, time.perf_counter(), 0
   last_eval: dict[str, Any] | None = None
@@ -248,11 +247,9 @@ def train(cfg: Config, *, progress: bool | None = None, log: Callable[[str], Non
         writer.write(done_steps, "eval", last_eval)
         pausing = True
       if preempt.reached(done_steps):
-        save(done_steps)
-        raise checkpoint.Preempted(f"SIGTERM: saved step {done_steps} in {ckpts.directory}; "
-                                   "rerun the same command to resume")
+        ckpts.save_and_stop(done_steps, state, ckpt_record(done_steps))
       if done_steps % cfg.run.checkpoint_every == 0 and done_steps < cfg.run.steps:
-        save(done_steps)
+        ckpts.save(done_steps, state, ckpt_record(done_steps))
         pausing = True
       if pausing:  # evaluation and saving are not training throughput
         window_start = time.perf_counter()
@@ -263,7 +260,7 @@ def train(cfg: Config, *, progress: bool | None = None, log: Callable[[str], Non
     # ---- end: final evaluation, checkpoint, model dir, summary (last)
     last_eval = evaluate(eval_step, state["params"], eval_data, prepare, cfg.run.eval_examples)
     writer.write(cfg.run.steps, "eval", last_eval)
-    save(cfg.run.steps)
+    ckpts.save(cfg.run.steps, state, ckpt_record(cfg.run.steps))
     params = _host_params(state["params"], mesh)
     summary = {
         "model": cfg.model.name, "steps": cfg.run.steps, "global_batch_size": batch,

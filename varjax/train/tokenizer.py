@@ -205,10 +205,7 @@ def train_tokenizer(cfg: Config, *, progress: bool | None = None,
            "image_sum": np.zeros((cfg.data.resolution,) * 2 + (3,), np.float32)}
   record = {"step": 0, "restarts": 0, "image_count": 0, "train_time": 0.0}
   ckpts = checkpoint.Checkpoints(run_dir, cfg.run.keep_checkpoints)
-  restored = ckpts.restore_latest(jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype,
-                                     sharding=jax.sharding.SingleDeviceSharding(
-                                         jax.devices()[0])), state))
+  restored = ckpts.restore_latest(state)
   if restored is not None:
     state, record = restored
   first_step = int(record["step"])
@@ -225,11 +222,12 @@ def train_tokenizer(cfg: Config, *, progress: bool | None = None,
   resumed_time = float(record["train_time"])
   preempt = checkpoint.PreemptionFlag()
 
-  def save(step_done: int) -> None:
-    ckpts.save(step_done, {"params": params, "opt_state": opt_state,
-                           "last_used_V": last_used_V, "image_sum": image_sum},
-               {"step": step_done, "restarts": restarts, "image_count": image_count,
-                "train_time": time.time() - t_loop})
+  def snapshot(step_done: int) -> tuple[dict, dict]:
+    """(orbax state, JSON record) of the training state after `step_done` steps."""
+    return ({"params": params, "opt_state": opt_state, "last_used_V": last_used_V,
+             "image_sum": image_sum},
+            {"step": step_done, "restarts": restarts, "image_count": image_count,
+             "train_time": time.time() - t_loop})
 
   bar = progress_lib.bar(total=cfg.run.steps, initial=first_step, desc="tokenizer",
                          unit="step", enabled=progress)
@@ -268,11 +266,9 @@ def train_tokenizer(cfg: Config, *, progress: bool | None = None,
         ev = evaluate(model, params, eval_data)
         write({"step": step + 1, **{f"eval/{k}": v for k, v in ev.items()}})
       if preempt.reached(step + 1):
-        save(step + 1)
-        raise checkpoint.Preempted(f"SIGTERM: saved step {step + 1} in {ckpts.directory}; "
-                                   "rerun the same command to resume")
+        ckpts.save_and_stop(step + 1, *snapshot(step + 1))
       if (step + 1) % cfg.run.checkpoint_every == 0 and step + 1 < cfg.run.steps:
-        save(step + 1)
+        ckpts.save(step + 1, *snapshot(step + 1))
       if on_step is not None:
         on_step(step + 1)
     bar.close()
