@@ -341,11 +341,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
       return value
   elif dataclasses.is_dataclass(tp):
     if isinstance(value, Mapping):
-      return _build(tp, value, key)
+      return build_dataclass(tp, value, key)
   raise ConfigError(key, f"expected {_type_name(tp)}, got {value!r}")
 
 
-def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
+def build_dataclass(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
+  """An instance of the dataclass `cls` from `values`, checked against its annotations;
+  every mistake raises ConfigError naming the dotted key (`prefix.key`)."""
   hints = typing.get_type_hints(cls)
   names = {f.name for f in dataclasses.fields(cls)}
   kwargs = {}
@@ -361,7 +363,7 @@ def from_dict(values: Mapping[str, Any]) -> Config:
   """A Config from a (possibly partial) nested dict; missing keys keep their defaults."""
   if not isinstance(values, Mapping):
     raise ConfigError("config", f"expected a mapping of sections, got {type(values).__name__}")
-  return _build(Config, values)
+  return build_dataclass(Config, values)
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

@@ -9,7 +9,7 @@ class ConfigError(VarjaxError, ValueError):
   """A config key is unknown, has the wrong type or an impossible value."""
 
   def __init__(self, key: str, message: str):
-    self.key = key
+    self.key, self.message = key, message
     super().__init__(f"{key}: {message}")
 
 

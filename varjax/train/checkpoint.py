@@ -50,11 +50,14 @@ class Checkpoints:
         STATE: ocp.args.StandardSave(state), RECORD: ocp.args.JsonSave(record)}), force=True)
     self.manager.wait_until_finished()
 
-  def restore_latest(self, abstract_state: Any) -> tuple[Any, dict] | None:
-    """(state, record) of the newest readable checkpoint, or None if there is none.
-    `abstract_state` gives shapes, dtypes and target shardings: jax.ShapeDtypeStructs, or
-    arrays of the same shape (NumPy arrays restore as NumPy)."""
+  def restore_latest(self, abstract_state: Any,
+                     at_most: int | None = None) -> tuple[Any, dict] | None:
+    """(state, record) of the newest readable checkpoint (of step <= `at_most` if given),
+    or None if there is none. `abstract_state` gives shapes, dtypes and target shardings:
+    jax.ShapeDtypeStructs, or arrays of the same shape (NumPy arrays restore as NumPy)."""
     for step in reversed(self.steps()):
+      if at_most is not None and step > at_most:
+        continue
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(**{
             STATE: ocp.args.StandardRestore(abstract_state),

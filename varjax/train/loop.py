@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import time
 from typing import Any, Callable
 
@@ -138,6 +139,95 @@ def sample_quality(cfg: Config, directory: str, progress, log) -> dict[str, Any]
   return fid.read_summary(directory)
 
 
+def open_data(cfg: Config, mesh) -> tuple[TokenData, TokenData, str, Callable]:
+  """(train data, eval data, tokenizer dir, jitted prepare) of a run on `mesh`."""
+  train_path, eval_path = _tokens_dirs(cfg)
+  train_data = TokenData(train_path, cfg, mesh, shuffle_seed=cfg.run.seed)
+  eval_data = TokenData(eval_path, cfg, mesh, shuffle_seed=None)
+  tokenizer_dir = _tokenizer_dir(cfg, train_data)
+  tokenizer, tok_params, tok_cfg = store.load_tokenizer(tokenizer_dir)
+  store.check_same_tokens(cfg, tok_cfg, "the model config", f"the tokenizer {tokenizer_dir}")
+  return train_data, eval_data, tokenizer_dir, step_lib.make_prepare(tokenizer, tok_params, mesh)
+
+
+def accounting(cfg: Config, mesh) -> dict[str, Any]:
+  """Parameter counts, FLOPs per step (exact), tokens per step and the peak for MFU."""
+  counts = var.count_params(cfg.model)
+  per_image = flops_lib.training_flops(cfg.model)
+  peak, peak_source = flops_lib.peak_flops()
+  batch = cfg.data.global_batch_size
+  return {"counts": counts, "per_image": per_image, "flops_per_step": per_image["total"] * batch,
+          "peak_total": peak * len(mesh.devices.flat) if peak else None,
+          "peak_source": peak_source, "tokens_per_step": batch * cfg.model.num_tokens}
+
+
+def describe_run(cfg: Config, acc: dict[str, Any], mesh, directory: str, first_step: int) -> str:
+  counts = acc["counts"]
+  return (f"{cfg.model.name} {counts['total']:,} params ({counts['non_embedding']:,} "
+          f"non-embedding) on mesh {mesh_lib.describe(mesh)}; {cfg.run.steps} steps x "
+          f"{cfg.data.global_batch_size} images x {cfg.model.num_tokens} tokens; "
+          f"{acc['flops_per_step']:.3g} FLOPs/step; peak {(acc['peak_total'] or 0):.3g} FLOP/s "
+          f"({acc['peak_source']}); run dir {directory}"
+          + (f"; resumed at step {first_step}" if first_step else ""))
+
+
+def train_record(m: dict[str, Any], acc: dict[str, Any], done_steps: int, rate: float,
+                 train_time: float, batch: int) -> dict[str, Any]:
+  """The metrics.jsonl record of a logged training step (`rate`: steps per second)."""
+  record = dict(m)
+  record.update(tokens_per_s=rate * acc["tokens_per_step"], images_per_s=rate * batch,
+                flops_per_step=acc["flops_per_step"], examples_seen=done_steps * batch,
+                tokens_seen=done_steps * acc["tokens_per_step"],
+                flops_seen=done_steps * acc["flops_per_step"], train_time_s=train_time)
+  if acc["peak_total"]:
+    record["mfu"] = rate * acc["flops_per_step"] / acc["peak_total"]
+  return record
+
+
+def hardware(mesh) -> dict[str, Any]:
+  """What the run ran on, for summary.json."""
+  device = mesh.devices.flat[0]
+  return {"platform": device.platform, "device_kind": device.device_kind,
+          "devices": len(mesh.devices.flat), "processes": jax.process_count(),
+          "host": socket.gethostname(), "host_cpus": os.cpu_count(), "jax": jax.__version__}
+
+
+def run_summary(cfg: Config, acc: dict[str, Any], last_eval: dict[str, Any], *,
+                first_step: int, train_time: float, wall_time: float, mesh,
+                tokenizer_dir: str) -> dict[str, Any]:
+  counts, per_image = acc["counts"], acc["per_image"]
+  batch, steps = cfg.data.global_batch_size, cfg.run.steps
+  return {
+      "model": cfg.model.name, "steps": steps, "global_batch_size": batch,
+      "params": counts["non_embedding"], "params_no_head": counts["non_embedding"] - counts["head"],
+      "params_total": counts["total"], "params_per_token": counts["per_token"],
+      "tokens": steps * acc["tokens_per_step"], "examples": steps * batch,
+      "flops_exact": per_image["total"] * batch * steps,
+      "flops_6nd": per_image["6nd"] * batch * steps,
+      "flops_6nd_no_head": per_image["6nd_no_head"] * batch * steps,
+      "loss": last_eval["loss"], "token_error": last_eval["token_error"],
+      "loss_tail": last_eval["loss_tail"], "token_error_tail": last_eval["token_error_tail"],
+      "loss_per_scale": last_eval["loss_per_scale"],
+      "token_error_per_scale": last_eval["token_error_per_scale"],
+      "eval_examples": last_eval["examples"], "resumed_at_step": first_step,
+      "train_time_s": train_time, "wall_time_s": wall_time,
+      "mesh": dict(mesh.shape), "processes": jax.process_count(), "hardware": hardware(mesh),
+      "tokenizer": tokenizer_dir,
+  }
+
+
+def finish(cfg: Config, directory: str, params, summary: dict[str, Any], progress, log):
+  """Process 0 writes the final params (the run dir becomes a model dir), then summary.json
+  (last: it marks the run finished), then measures sample quality if cfg.eval asks."""
+  if jax.process_index() != 0:
+    return summary
+  store.save_params(params, os.path.join(directory, store.PARAMS_FILE), cfg.run.steps)
+  files.write_json(os.path.join(directory, rundir.SUMMARY_FILE), summary)
+  if cfg.eval.enabled:
+    summary = sample_quality(cfg, directory, progress, log)
+  return summary
+
+
 def train(cfg: Config, *, progress: bool | None = None, log: Callable[[str], None] = print,
           on_step: Callable[[int], None] | None = None, devices=None) -> dict[str, Any]:
   """Runs (or resumes, or skips if finished) the run `cfg` describes; returns summary.json.
@@ -155,17 +245,10 @@ def train(cfg: Config, *, progress: bool | None = None, log: Callable[[str], Non
       return sample_quality(cfg, directory, progress, log)
     log(f"{directory} is a finished run of this config; nothing to do")
     return done
-  train_path, eval_path = _tokens_dirs(cfg)
-
   # ---- mesh, data, tokenizer
   mesh = mesh_lib.make_mesh(cfg.mesh, devices)
   step_lib.check_batch_divisible(cfg.data.global_batch_size, cfg.optim.grad_accum_steps, mesh)
-  train_data = TokenData(train_path, cfg, mesh, shuffle_seed=cfg.run.seed)
-  eval_data = TokenData(eval_path, cfg, mesh, shuffle_seed=None)
-  tokenizer_dir = _tokenizer_dir(cfg, train_data)
-  tokenizer, tok_params, tok_cfg = store.load_tokenizer(tokenizer_dir)
-  store.check_same_tokens(cfg, tok_cfg, "the model config", f"the tokenizer {tokenizer_dir}")
-  prepare = step_lib.make_prepare(tokenizer, tok_params, mesh)
+  train_data, eval_data, tokenizer_dir, prepare = open_data(cfg, mesh)
 
   # ---- model, optimizer, state
   model = var.VAR(cfg.model)
@@ -188,18 +271,8 @@ def train(cfg: Config, *, progress: bool | None = None, log: Callable[[str], Non
                                         cfg.optim.grad_accum_steps)
   eval_step = step_lib.make_eval_step(model, mesh, shardings["params"])
 
-  # ---- accounting
-  counts = var.count_params(cfg.model)
-  per_image = flops_lib.training_flops(cfg.model)
-  flops_per_step = per_image["total"] * batch
-  peak, peak_source = flops_lib.peak_flops()
-  peak_total = peak * len(mesh.devices.flat) if peak else None
-  tokens_per_step = batch * cfg.model.num_tokens
-  log(f"{cfg.model.name} {counts['total']:,} params ({counts['non_embedding']:,} non-embedding)"
-      f" on mesh {mesh_lib.describe(mesh)}; {cfg.run.steps} steps x {batch} images x "
-      f"{cfg.model.num_tokens} tokens; {flops_per_step:.3g} FLOPs/step; peak "
-      f"{(peak_total or 0):.3g} FLOP/s ({peak_source}); run dir {directory}"
-      + (f"; resumed at step {first_step}" if first_step else ""))
+  acc = accounting(cfg, mesh)
+  log(describe_run(cfg, acc, mesh, directory, first_step))
 
   writer = metrics_lib.MetricsWriter(directory)
   preempt = checkpoint.PreemptionFlag()
@@ -229,14 +302,7 @@ def train(cfg: Config, *, progress: bool | None = None, log: Callable[[str], Non
         elapsed = time.perf_counter() - window_start
         train_time += elapsed
         rate = window_steps / max(elapsed, 1e-9)
-        record = dict(m)
-        record.update(tokens_per_s=rate * tokens_per_step, images_per_s=rate * batch,
-                      flops_per_step=flops_per_step, examples_seen=done_steps * batch,
-                      tokens_seen=done_steps * tokens_per_step,
-                      flops_seen=done_steps * flops_per_step, train_time_s=train_time)
-        if peak_total:
-          record["mfu"] = rate * flops_per_step / peak_total
-        writer.write(done_steps, "train", record)
+        writer.write(done_steps, "train", train_record(m, acc, done_steps, rate, train_time, batch))
         bar.set_postfix(loss=f"{float(m['loss']):.4f}", err=f"{float(m['token_error']):.1f}%")
         window_start, window_steps = time.perf_counter(), 0
       bar.update(1)
@@ -262,29 +328,10 @@ def train(cfg: Config, *, progress: bool | None = None, log: Callable[[str], Non
     writer.write(cfg.run.steps, "eval", last_eval)
     ckpts.save(cfg.run.steps, state, ckpt_record(cfg.run.steps))
     params = _host_params(state["params"], mesh)
-    summary = {
-        "model": cfg.model.name, "steps": cfg.run.steps, "global_batch_size": batch,
-        "params": counts["non_embedding"], "params_no_head": counts["non_embedding"] - counts["head"],
-        "params_total": counts["total"], "params_per_token": counts["per_token"],
-        "tokens": cfg.run.steps * tokens_per_step, "examples": cfg.run.steps * batch,
-        "flops_exact": per_image["total"] * batch * cfg.run.steps,
-        "flops_6nd": per_image["6nd"] * batch * cfg.run.steps,
-        "flops_6nd_no_head": per_image["6nd_no_head"] * batch * cfg.run.steps,
-        "loss": last_eval["loss"], "token_error": last_eval["token_error"],
-        "loss_tail": last_eval["loss_tail"], "token_error_tail": last_eval["token_error_tail"],
-        "loss_per_scale": last_eval["loss_per_scale"],
-        "token_error_per_scale": last_eval["token_error_per_scale"],
-        "eval_examples": last_eval["examples"], "resumed_at_step": first_step,
-        "train_time_s": train_time, "wall_time_s": time.time() - start_wall,
-        "mesh": dict(mesh.shape), "processes": jax.process_count(),
-        "tokenizer": tokenizer_dir,
-    }
-    if is_main:
-      store.save_params(params, os.path.join(directory, store.PARAMS_FILE), cfg.run.steps)
-      files.write_json(os.path.join(directory, rundir.SUMMARY_FILE), summary)
-      if cfg.eval.enabled:
-        summary = sample_quality(cfg, directory, progress, log)
-    return summary
+    summary = run_summary(cfg, acc, last_eval, first_step=first_step, train_time=train_time,
+                          wall_time=time.time() - start_wall, mesh=mesh,
+                          tokenizer_dir=tokenizer_dir)
+    return finish(cfg, directory, params, summary, progress, log)
   finally:
     bar.close()
     preempt.restore()

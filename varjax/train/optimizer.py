@@ -24,8 +24,12 @@ NO_DECAY_NAMES = frozenset({"pos_start", "pos_1LC", "lvl_embed", "ada_gss", "sca
                             "q_bias", "v_bias"})
 
 
-def lr_schedule(optim: OptimConfig, total_steps: int, global_batch_size: int) -> optax.Schedule:
-  peak = optim.resolved_peak_lr(global_batch_size)
+def lr_schedule(optim: OptimConfig, total_steps: int, global_batch_size: int,
+                peak: float | jax.Array | None = None) -> optax.Schedule:
+  """`peak` overrides the config's peak lr; it may be a traced value (one per lane when
+  varjax.train.lanes vmaps runs that differ in learning rate)."""
+  if peak is None:
+    peak = optim.resolved_peak_lr(global_batch_size)
   low = peak * optim.min_lr_ratio
   warm = min(optim.warmup_steps, total_steps)
   rest = max(total_steps - warm, 1)
@@ -55,8 +59,9 @@ def var_decay_mask(params):
 
 
 def adamw(optim: OptimConfig, total_steps: int, global_batch_size: int,
-          decay_mask: Callable = var_decay_mask) -> optax.GradientTransformation:
+          decay_mask: Callable = var_decay_mask,
+          peak: float | jax.Array | None = None) -> optax.GradientTransformation:
   return optax.chain(
       optax.clip_by_global_norm(optim.grad_clip),
-      optax.adamw(lr_schedule(optim, total_steps, global_batch_size), b1=optim.b1,
+      optax.adamw(lr_schedule(optim, total_steps, global_batch_size, peak), b1=optim.b1,
                   b2=optim.b2, weight_decay=optim.weight_decay, mask=decay_mask))

@@ -84,9 +84,9 @@ def _split_micro(batch: dict, accum: int) -> dict:
   return jax.tree.map(one, batch)
 
 
-def make_train_step(model: VAR, tx, schedule: optax.Schedule, mesh: Mesh, shardings,
-                    grad_accum_steps: int = 1):
-  """jitted (state, batch) -> (state, metrics); the state argument is donated."""
+def train_step_fn(model: VAR, tx, schedule: optax.Schedule, grad_accum_steps: int = 1):
+  """The pure (state, batch) -> (state, metrics) of one optimizer step (unjitted: jitted by
+  make_train_step, vmapped over runs by varjax.train.lanes)."""
   cfg = model.cfg
 
   def loss_fn(params, batch, key):
@@ -123,6 +123,13 @@ def make_train_step(model: VAR, tx, schedule: optax.Schedule, mesh: Mesh, shardi
     metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=schedule(state["step"]))
     return new_state, metrics
 
+  return train_step
+
+
+def make_train_step(model: VAR, tx, schedule: optax.Schedule, mesh: Mesh, shardings,
+                    grad_accum_steps: int = 1):
+  """jitted (state, batch) -> (state, metrics); the state argument is donated."""
+  train_step = train_step_fn(model, tx, schedule, grad_accum_steps)
   jitted = jax.jit(train_step, in_shardings=(shardings, batch_shardings(mesh)),
                    out_shardings=(shardings, rules.replicated(mesh)), donate_argnums=(0,))
 

@@ -1,0 +1,1 @@
+"""Sweep specs, launch backends (local, lanes, ray, tpu) and the run registry."""

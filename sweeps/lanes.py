@@ -1,0 +1,91 @@
+"""BACKEND=lanes: the sweep's runs grouped by shape, each group trained as lanes of one
+vmapped program (varjax.train.lanes); a run alone in its shape trains as a single run.
+
+Runs of one shape are those that differ only in seed and learning rate (`lr.scales` or
+several `seeds` in the spec). Finished runs are skipped; a run another process holds is
+left out of its group; a group whose program fails records the failure for every lane.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from typing import Any, Callable
+
+from varjax import files
+from varjax.errors import Preempted
+
+from sweeps import launch, registry
+from sweeps.spec import SWEEP_FILE, Run
+
+
+def groups(runs: list[Run], max_lanes: int) -> list[list[Run]]:
+  """Runs of equal shape in chunks of at most `max_lanes`, in sweep order."""
+  from varjax.train.lanes import shape_key
+  by_key: dict[str, list[Run]] = {}
+  for run in runs:
+    by_key.setdefault(shape_key(run.config), []).append(run)
+  out = []
+  for members in by_key.values():
+    out += [members[i:i + max_lanes] for i in range(0, len(members), max_lanes)]
+  return out
+
+
+def _train_group(group: list[Run], progress, log) -> list[dict[str, Any]]:
+  from varjax.train import lanes
+  start = time.time()
+  out_dir = group[0].config.run.out_dir
+  with contextlib.ExitStack() as stack:
+    held, outcomes = [], []
+    for run in group:
+      try:
+        stack.enter_context(registry.run_lock(run.directory))
+        held.append(run)
+      except registry.Busy:
+        outcomes.append({"run": run.name, "status": "busy", "seconds": 0.0})
+    if len(held) == 1:
+      stack.close()
+      return outcomes + [launch.run_one(held[0], progress=progress, log=log, backend="lanes")]
+    for run in held:
+      resumed = registry.status(run.directory) == "interrupted"
+      registry.clear_failure(run.directory)
+      files.write_json(os.path.join(run.directory, SWEEP_FILE), run.info)
+      registry.append_event(out_dir, run.name, "started", backend="lanes", lanes=len(held),
+                            resumed=resumed)
+    try:
+      results = lanes.train_lanes([r.config for r in held], progress=progress, log=log)
+    except (Preempted, KeyboardInterrupt):
+      for run in held:
+        registry.append_event(out_dir, run.name, "interrupted", seconds=time.time() - start)
+      raise
+    except Exception as e:  # noqa: BLE001 -- recorded for every lane, the sweep goes on
+      results = [e] * len(held)
+    seconds = time.time() - start
+    for run, result in zip(held, results):
+      if isinstance(result, dict) and "error" not in result:
+        registry.append_event(out_dir, run.name, "finished", loss=result["loss"],
+                              seconds=seconds, lanes=len(held))
+        outcomes.append({"run": run.name, "status": "trained", "loss": result["loss"],
+                         "seconds": seconds})
+        continue
+      error = result if isinstance(result, BaseException) else RuntimeError(result["error"])
+      info = registry.record_failure(run.directory, error)
+      registry.append_event(out_dir, run.name, "failed", error=info["error"],
+                            type=info["type"], seconds=seconds)
+      log(f"{run.name}: FAILED: {info['type']}: {info['error']}")
+      outcomes.append({"run": run.name, "status": "failed",
+                       "error": f"{info['type']}: {info['error']}", "seconds": seconds})
+    return outcomes
+
+
+def run_lanes(runs: list[Run], *, progress: bool | None = None, max_lanes: int = 8,
+              log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+  todo = [r for r in runs if registry.status(r.directory) != "finished"]
+  outcomes = {r.name: {"run": r.name, "status": "finished", "seconds": 0.0}
+              for r in runs if r not in todo}
+  for group in groups(todo, max_lanes):
+    log(f"lanes: {', '.join(r.name for r in group)}")
+    for outcome in _train_group(group, progress, log):
+      outcomes[outcome["run"]] = outcome
+  return [outcomes[r.name] for r in runs]

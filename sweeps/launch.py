@@ -1,0 +1,105 @@
+"""Running a sweep's runs: one run in this process (shared by every backend), the local
+backend (one run after another), and the outcome table.
+
+`run_one` is idempotent: a finished run is skipped, an interrupted one resumes from its
+newest checkpoint (varjax.train.loop), a failed one is retried with its error cleared, and
+a run another process is training right now is left to it. Failures are recorded in the
+run directory (error.json, with the traceback) and the registry, and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable
+
+from varjax import files
+from varjax.errors import Preempted
+
+from sweeps import registry
+from sweeps.spec import SWEEP_FILE, Run
+
+
+def _is_main() -> bool:
+  import jax
+  return jax.process_index() == 0
+
+
+def _single_process() -> bool:
+  import jax
+  return jax.process_count() == 1
+
+
+def run_one(run: Run, *, progress: bool | None = None, log: Callable[[str], None] = print,
+            on_step: Callable[[int], None] | None = None, backend: str = "local") -> dict[str, Any]:
+  """Trains (or resumes, or skips) one run here; returns its outcome:
+  {"run", "status": finished | trained | failed | busy, "error"?, "loss"?, "seconds"}."""
+  from varjax.train import loop
+  directory, out_dir = run.directory, run.config.run.out_dir
+  start = time.time()
+  before = registry.status(directory)
+  if before == "finished":
+    return {"run": run.name, "status": "finished", "seconds": 0.0}
+  main = _is_main()
+  try:
+    # Several processes of one multi-host run train it together: only single-process
+    # launchers take the lock (processes of a pod would find each other busy).
+    lock = registry.run_lock(directory) if _single_process() else _no_lock()
+    with lock:
+      if main:
+        registry.clear_failure(directory)
+        files.write_json(os.path.join(directory, SWEEP_FILE), run.info)
+        registry.append_event(out_dir, run.name, "started", backend=backend,
+                              resumed=before == "interrupted")
+      summary = loop.train(run.config, progress=progress, log=log, on_step=on_step)
+      if main:
+        registry.append_event(out_dir, run.name, "finished", loss=summary["loss"],
+                              seconds=time.time() - start)
+      return {"run": run.name, "status": "trained", "loss": summary["loss"],
+              "seconds": time.time() - start}
+  except registry.Busy:
+    return {"run": run.name, "status": "busy", "seconds": 0.0}
+  except (Preempted, KeyboardInterrupt):
+    if main:
+      registry.append_event(out_dir, run.name, "interrupted", seconds=time.time() - start)
+    raise
+  except Exception as e:  # noqa: BLE001 -- a failed run is recorded, the sweep goes on
+    if not main:
+      raise
+    info = registry.record_failure(directory, e)
+    registry.append_event(out_dir, run.name, "failed", error=info["error"],
+                          type=info["type"], seconds=time.time() - start)
+    log(f"{run.name}: FAILED: {info['type']}: {info['error']} "
+        f"(traceback in {os.path.join(directory, registry.ERROR_FILE)})")
+    return {"run": run.name, "status": "failed", "error": f"{info['type']}: {info['error']}",
+            "seconds": time.time() - start}
+
+
+class _no_lock:
+  def __enter__(self):
+    return None
+
+  def __exit__(self, *exc):
+    return False
+
+
+def run_local(runs: list[Run], *, progress: bool | None = None,
+              log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+  """BACKEND=local: the runs one after another in this process."""
+  outcomes = []
+  for i, run in enumerate(runs):
+    if registry.status(run.directory) != "finished":
+      log(f"[{i + 1}/{len(runs)}] {run.name}: {run.info['steps']} steps, "
+          f"N = {run.info['params']:,}, D = {run.info['tokens']:,} tokens")
+    outcomes.append(run_one(run, progress=progress, log=log))
+  return outcomes
+
+
+def format_outcomes(outcomes: list[dict[str, Any]]) -> str:
+  lines = []
+  for o in outcomes:
+    detail = {"finished": "already finished (skipped)", "busy": "being trained by another process",
+              "trained": f"eval loss {o.get('loss', float('nan')):.4f}",
+              "failed": o.get("error", "")}.get(o["status"], "")
+    lines.append(f"  {o['run']:<28} {o['status']:<9} {o['seconds']:7.1f} s  {detail}")
+  return "\n".join(lines)
