@@ -14,6 +14,8 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 DATA_DIR ?= $(CURDIR)/data_cache
 export VARJAX_DATA_DIR := $(DATA_DIR)
 PYTEST_ARGS ?=
+# Extras installed into .venv (a TPU VM: make install EXTRAS=dev,tpu).
+EXTRAS ?= dev
 
 .PHONY: install test test-slow demo bench sweep analyze notebooks lock clean help
 
@@ -21,14 +23,15 @@ help:
 	@echo "make demo       main job on the embedded default dataset"
 	@echo "make test       fast test suite (slow tests: make test-slow)"
 	@echo "make install    create $(VENV) and install varjax + analysis (idempotent)"
-	@echo "make bench | sweep SWEEP=... BACKEND=... | analyze RUNS=... | notebooks"
+	@echo "make sweep SWEEP=sweeps/x.yaml [BACKEND=local|lanes|ray|tpu] [RUNS=a,b] [LIMIT=K] [DRY_RUN=1]"
+	@echo "make bench | analyze RUNS=... | notebooks"
 
 install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml requirements.lock
 	@test -n "$(PYTHON)" || { echo "error: Python $(PYTHON_VERSION) not found; install it or pass PYTHON=/path/to/python$(PYTHON_VERSION)" >&2; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[$(EXTRAS)]'
 	@touch $@
 
 # Re-pin every transitive version from the current venv (run after changing setup.cfg).
@@ -41,10 +44,15 @@ test: install
 test-slow: install
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
-# Main job on the embedded default. Each stage is cached: a second run only prints.
-# Stages that later issues add are listed, not faked.
+# Main job on the embedded default: dataset -> tokenizer -> token pyramids -> the demo sweep
+# (sweeps/demo.yaml: 5 sizes x 3 token budgets into runs/demo) -> sample quality of the
+# largest budget per size -> scaling-law fits, forecasts and plots in reports/demo.
+# Every stage is cached: a second run only checks and prints.
 DEMO_TOKENIZER := runs/tokenizers/tokenizer-tiny32
 DEMO_TOKENS := $(DATA_DIR)/tokens/embedded32-tiny32
+DEMO_FEATURES := runs/features/embed32cnn
+# fd_embed32cnn of the 1e6-token run of each size (mirrors sweeps/demo.yaml's models).
+DEMO_FD_RUNS := $(foreach m,d1w32 d2w64 d3w96 d4w128 d5w160,runs/demo/$(m)-D1e6-s0/eval_samples.png)
 demo: install
 	@start=$$(date +%s); \
 	$(VENV)/bin/varjax data build --dataset embedded32 && \
@@ -53,37 +61,42 @@ demo: install
 	$(VENV)/bin/varjax tokenizer preview --tokenizer $(DEMO_TOKENIZER) --out reports/demo/tokenizer.png && \
 	$(VENV)/bin/varjax tokenize --tokenizer $(DEMO_TOKENIZER) --split train --out $(DEMO_TOKENS)/train && \
 	$(VENV)/bin/varjax tokenize --tokenizer $(DEMO_TOKENIZER) --split validation --out $(DEMO_TOKENS)/validation && \
-	$(VENV)/bin/varjax train --config sweeps/configs/embedded32.yaml --model var-d2 \
-	  --data.tokens=$(DEMO_TOKENS) --run.out_dir=runs/demo-single --run.name=var-d2 && \
-	$(MAKE) --no-print-directory $(DEMO_FEATURES)/params.msgpack && \
-	$(MAKE) --no-print-directory $(DEMO_RUN)/eval_samples.png && \
-	echo "demo: not built yet: the sweep + run registry (issue 6) and its scaling-law fits and" && \
-	echo "      plots (analysis exists: make analyze RUNS=...)." && \
+	$(PY) -m sweeps run sweeps/demo.yaml --backend local && \
+	$(MAKE) --no-print-directory $(DEMO_FEATURES)/params.msgpack $(DEMO_FD_RUNS) && \
+	$(PY) -m analysis report --runs runs/demo --out reports/demo $(ANALYZE_ARGS) \
+	  --fid-col fd_embed32cnn > reports/demo/report.txt && cat reports/demo/report.txt && \
+	echo "demo: runs in runs/demo, plots and report in reports/demo" && \
 	echo "demo: done in $$(( $$(date +%s) - start )) s"
 
-# The feature network for fd_embed32cnn (about 2 min, once) and the demo run's distance
+# The feature network for fd_embed32cnn (about 2 min, once) and a run's distance
 # (K = 1,024 samples, about 20 s; redone only when the run's params change).
-DEMO_FEATURES := runs/features/embed32cnn
-DEMO_RUN := runs/demo-single/var-d2
 $(DEMO_FEATURES)/params.msgpack:
 	$(VENV)/bin/varjax eval features train --out $(DEMO_FEATURES)
 
-$(DEMO_RUN)/eval_samples.png: $(DEMO_RUN)/params.msgpack $(DEMO_FEATURES)/params.msgpack
-	$(VENV)/bin/varjax eval fid --run $(DEMO_RUN) --feature-net $(DEMO_FEATURES)
+runs/demo/%/eval_samples.png: runs/demo/%/params.msgpack $(DEMO_FEATURES)/params.msgpack
+	$(VENV)/bin/varjax eval fid --run $(dir $@) --feature-net $(DEMO_FEATURES)
 
 # The demo tokenizer (about 5 min on 2 cores); retrained only when its params are missing.
 $(DEMO_TOKENIZER)/params.msgpack:
 	$(VENV)/bin/varjax tokenizer train --preset vqvae-tiny32 --out-dir $(dir $(DEMO_TOKENIZER))
 
-# Each benchmark prints its own side-by-side ratios. Not yet here: lanes vs sequential
-# runs (issue 6).
+# Each benchmark prints its own side-by-side ratios.
 bench: install
 	$(PY) benchmarks/fit_speed.py
+	$(PY) benchmarks/lanes.py
 	$(PY) benchmarks/attention.py
 	$(VENV)/bin/varjax bench train --model var-d4 --patch-nums 1,2,3,4,5,6,8 --batch 32 --json
 
+# make sweep SWEEP=sweeps/x.yaml [BACKEND=local|lanes|ray|tpu] [RUNS=a,b] [LIMIT=K]
+#            [DRY_RUN=1] [TPU_LAUNCHER=gcloud|xpk] [RAY_ADDRESS=host:port]
+# Idempotent: finished runs are skipped, interrupted ones resume, failed ones are retried
+# (RUNS=name retries one alone). `python -m sweeps list SPEC` shows the runs and status.
+SWEEP ?= sweeps/demo.yaml
+BACKEND ?= local
+TPU_LAUNCHER ?= gcloud
 sweep: install
-	@echo "make sweep: sweeps are not implemented yet (issue 6)." >&2; exit 2
+	$(PY) -m sweeps run $(SWEEP) --backend $(BACKEND) --launcher $(TPU_LAUNCHER) \
+	  $(if $(RUNS),--runs $(RUNS)) $(if $(LIMIT),--limit $(LIMIT)) $(if $(DRY_RUN),--dry-run)
 
 # make analyze RUNS=runs/demo [OUT=reports/demo] [ANALYZE_ARGS="--d-col tokens ..."]
 ANALYZE_ARGS ?= --d-col tokens --bootstrap 200

@@ -27,6 +27,7 @@ import math
 import time
 from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -115,14 +116,18 @@ def train_lanes(cfgs: list[Config], *, progress: bool | None = None,
                         abstract, shardings)
   restored = _restore(ckpts, target)
   if restored is None:
-    lane_states = [step_lib.init_state(model, tx, c.run.seed, mesh, shardings)
-                   for tx, c in zip(txs, cfgs)]
+    # One vmapped init over the seeds: the same draws as each run's own init, one compile.
+    seeds = jnp.asarray([c.run.seed for c in cfgs], jnp.int32)
+    init = jax.jit(jax.vmap(lambda seed: nn.unbox(step_lib.make_init(model, txs[0], seed)())),
+                   out_shardings=lane_sh)
+    with jax.set_mesh(mesh), rules.rules_context():
+      state = init(seeds)
     first_step = 0
   else:
     lane_states, first_step = restored
-  stack = jax.jit(lambda xs: jax.tree.map(lambda *a: jnp.stack(a), *xs), out_shardings=lane_sh)
-  state = stack(lane_states)
-  del lane_states
+    state = jax.jit(lambda xs: jax.tree.map(lambda *a: jnp.stack(a), *xs),
+                    out_shardings=lane_sh)(lane_states)
+    del lane_states
   take = jax.jit(lambda s, i: jax.tree.map(lambda a: a[i], s), out_shardings=shardings)
   for directory in directories:
     metrics_lib.truncate_after(directory, first_step)

@@ -1,0 +1,165 @@
+"""BACKEND=ray: every run of the sweep as one Ray task, as many at once as the cluster's
+resources allow (`resources: {cpus, gpus, memory_gb}` in the spec, per run).
+
+Connects to the cluster at `--address` or $RAY_ADDRESS, else starts a local instance
+with every core of this machine and shuts it down afterwards (a cluster it only
+connected to keeps running). A local instance keeps Ray's token authentication on.
+
+A task trains its run with `sweeps.launch.run_one`, exactly as the local backend does,
+so the run registry is the same: finished runs are skipped here without a task, a
+restarted sweep resumes interrupted runs from their checkpoints, and a run that another
+process holds comes back "busy". Tasks do not receive a pickled Run: they get the spec's
+path and the run's name and expand the spec themselves, so a worker sets up its host
+allocator (varjax.hostmem) before anything imports JAX. Workers therefore need this
+checkout, the spec's base config, the data and the registry at the same paths as this
+driver: true for a local instance; on a cluster, a shared file system (NFS, GCS FUSE)
+mounted at the same place on every node.
+
+Each task gets a fresh worker process (`max_calls=1`): the host allocator keeps a
+process's memory at its peak and JAX keeps its compiled programs, so a reused worker
+would carry one run's footprint into the next. A task whose worker dies (out of memory,
+node lost) is not retried by Ray (`max_retries=0`): it is recorded as failed with Ray's
+message, and `make sweep` again resumes it from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import warnings
+from typing import Any, Callable, Iterator
+
+from varjax.errors import ConfigError, VarjaxError
+
+from sweeps import launch, registry
+from sweeps.spec import Run, Sweep
+
+# Where Ray logs that it turned token authentication on for a new local instance.
+AUTH_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def run_ray(sweep: Sweep, runs: list[Run], *, address: str | None = None,
+            log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+  """Trains `runs` as Ray tasks; returns their outcomes in the order of `runs`."""
+  outcomes = {r.name: {"run": r.name, "status": "finished", "seconds": 0.0}
+              for r in runs if registry.status(r.directory) == "finished"}
+  todo = [r for r in runs if r.name not in outcomes]
+  if todo:
+    with _connected(address, sweep, log):
+      outcomes.update(_run_tasks(sweep, todo, log))
+  return [outcomes[r.name] for r in runs]
+
+
+def task_options(sweep: Sweep) -> dict[str, Any]:
+  """ray.remote options of one run's task, from the spec's `resources`."""
+  res = sweep.spec.resources
+  options = {"num_cpus": res.cpus, "num_gpus": res.gpus, "max_calls": 1, "max_retries": 0}
+  if res.memory_gb:  # 0: not declared, Ray does not account memory for the task
+    options["memory"] = int(res.memory_gb * 2**30)
+  return options
+
+
+@contextlib.contextmanager
+def _connected(address: str | None, sweep: Sweep, log) -> Iterator[None]:
+  import ray
+  if ray.is_initialized():  # the caller's own connection: use it, leave it open
+    yield
+    return
+  address = address or os.environ.get("RAY_ADDRESS") or None
+  with _quiet_start():
+    if address:
+      try:
+        ray.init(address=address, logging_level=logging.WARNING)
+      except ConnectionError as e:
+        raise VarjaxError(f"ray: cannot connect to the cluster at {address}: "
+                          f"{str(e).strip().splitlines()[0]}") from None
+    else:
+      ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
+               logging_level=logging.WARNING)
+  log(f"ray: connected to {address}" if address
+      else f"ray: started a local instance with {os.cpu_count()} CPUs")
+  try:
+    if not address:
+      _check_fits(sweep, ray.cluster_resources())
+    yield
+  finally:
+    ray.shutdown()  # stops a local instance; only disconnects from a cluster
+
+
+@contextlib.contextmanager
+def _quiet_start() -> Iterator[None]:
+  """Silences two notices of ray.init that need no action: that token authentication is
+  on (Ray's default; setting RAY_AUTH_MODE ourselves would not do, since Ray reads it once
+  at import), and JAX's warning on fork, false here: Ray forks only to exec its daemons."""
+  notice = logging.getLogger(AUTH_NOTICE_LOGGER)
+  level = notice.level
+  notice.setLevel(logging.ERROR)
+  try:
+    with warnings.catch_warnings():
+      warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called",
+                              category=RuntimeWarning)
+      yield
+  finally:
+    notice.setLevel(level)
+
+
+def _check_fits(sweep: Sweep, available: dict[str, float]) -> None:
+  """A run asking more than the local instance has would wait forever: say so now."""
+  res = sweep.spec.resources
+  for key, asked, have in (("cpus", res.cpus, available.get("CPU", 0.0)),
+                           ("gpus", res.gpus, available.get("GPU", 0.0)),
+                           ("memory_gb", res.memory_gb, available.get("memory", 0.0) / 2**30)):
+    if asked > have:
+      raise ConfigError(f"resources.{key}", f"each run asks for {asked:g} but the local Ray "
+                        f"instance has {have:.3g}; lower it, or pass the --address of a cluster")
+
+
+def _run_tasks(sweep: Sweep, runs: list[Run], log) -> dict[str, dict[str, Any]]:
+  import ray
+  task = ray.remote(**task_options(sweep))(train_task)
+  spec_path, cwd = os.path.abspath(sweep.path), os.getcwd()
+  submitted = time.time()
+  refs = {task.remote(cwd, spec_path, run.name): run for run in runs}
+  log(f"ray: {len(runs)} run(s) submitted, {sweep.spec.resources.cpus:g} CPU / "
+      f"{sweep.spec.resources.gpus:g} GPU each")
+  outcomes: dict[str, dict[str, Any]] = {}
+  pending = list(refs)
+  try:
+    while pending:
+      done, pending = ray.wait(pending, num_returns=1)
+      for ref in done:
+        outcome = _collect(ray, ref, refs[ref], submitted)
+        outcomes[outcome["run"]] = outcome
+        log(f"[{len(outcomes)}/{len(runs)}]{launch.format_outcomes([outcome])}")
+  except KeyboardInterrupt:
+    for ref in pending:  # raises KeyboardInterrupt in the task: run_one records it
+      ray.cancel(ref)
+    raise
+  return outcomes
+
+
+def _collect(ray, ref, run: Run, submitted: float) -> dict[str, Any]:
+  """The task's outcome, or a failed one when the task itself crashed."""
+  try:
+    return ray.get(ref)
+  except ray.exceptions.RayError as e:
+    cause = getattr(e, "cause", None)  # RayTaskError: the exception raised in the task
+    error = cause if isinstance(cause, BaseException) else e
+    seconds = time.time() - submitted  # includes its time in the queue: the best we know
+    info = registry.record_failure(run.directory, error)
+    registry.append_event(run.config.run.out_dir, run.name, "failed", error=info["error"],
+                          type=info["type"], seconds=seconds, backend="ray")
+    return {"run": run.name, "status": "failed", "error": f"{info['type']}: {info['error']}",
+            "seconds": seconds}
+
+
+def train_task(cwd: str, spec_path: str, name: str) -> dict[str, Any]:
+  """The body of a run's task, in a Ray worker process."""
+  os.chdir(cwd)  # the spec's relative paths (out_dir, data) are the driver's
+  from varjax import hostmem
+  hostmem.keep_freed_memory()  # before JAX starts its threads: see varjax/hostmem.py
+  from sweeps import spec as spec_lib
+  run = spec_lib.load(spec_path).select([name])[0]
+  return launch.run_one(run, progress=False, backend="ray")
