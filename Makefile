@@ -7,7 +7,6 @@ PYTHON ?= $(shell for p in python$(PYTHON_VERSION) $$HOME/.pyenv/versions/$(PYTH
 comma := ,
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
 export JAX_PLATFORMS ?= cpu
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 # Where built datasets are cached (TFDS data_dir); override with DATA_DIR=...
@@ -16,6 +15,9 @@ export VARJAX_DATA_DIR := $(DATA_DIR)
 PYTEST_ARGS ?=
 # Extras installed into .venv (a TPU VM: make install EXTRAS=dev,tpu).
 EXTRAS ?= dev
+# One stamp per set of extras: `make install EXTRAS=dev,tpu` after a plain install adds the
+# TPU wheels instead of finding the plain stamp.
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 .PHONY: install test test-slow demo bench sweep analyze notebooks lock clean help
 

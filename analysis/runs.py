@@ -2,7 +2,8 @@
 
 A run directory holds `config.json`, `metrics.jsonl` (one JSON object per logged step)
 and, once finished, `summary.json`. Summary keys become columns as they are; config keys
-become `config.<section>.<key>` columns. Expected summary keys (see docs/analysis.md):
+become `config.<section>.<key>` columns, and a sweep's `sweep.json` (model, budget, seed, lr
+scale: sweeps/registry.py) `sweep.<key>` columns. Expected summary keys (see docs/analysis.md):
 `params` and `params_no_head` (N in both conventions), `tokens` (D), `flops_exact` and
 `flops_6nd` (training FLOPs in both conventions), `loss` (final evaluation loss), and
 optionally `fd_<network>` / `fid` (sample-quality distances).
@@ -57,12 +58,17 @@ def load_runs(path: str) -> pd.DataFrame:
         summary = json.load(f)
       with open(os.path.join(run_dir, "config.json")) as f:
         config = json.load(f)
+      sweep = {}
+      if os.path.exists(os.path.join(run_dir, "sweep.json")):
+        with open(os.path.join(run_dir, "sweep.json")) as f:
+          sweep = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
       broken.append(f"{run_dir} ({e})")
       continue
     row = {"run": os.path.basename(run_dir), "run_dir": run_dir}
     _flatten("", summary, row)
     _flatten("config", config, row)
+    _flatten("sweep", sweep, row)
     rows.append(row)
   if unfinished:
     warnings.warn(f"{unfinished} unfinished run(s) under {path} skipped (no summary.json)")

@@ -46,6 +46,8 @@ def run_one(run: Run, *, progress: bool | None = None, log: Callable[[str], None
     # launchers take the lock (processes of a pod would find each other busy).
     lock = registry.run_lock(directory) if _single_process() else _no_lock()
     with lock:
+      if registry.status(directory) == "finished":  # finished by another process meanwhile
+        return {"run": run.name, "status": "finished", "seconds": 0.0}
       if main:
         registry.clear_failure(directory)
         files.write_json(os.path.join(directory, SWEEP_FILE), run.info)

@@ -19,7 +19,10 @@ Each task gets a fresh worker process (`max_calls=1`): the host allocator keeps 
 process's memory at its peak and JAX keeps its compiled programs, so a reused worker
 would carry one run's footprint into the next. A task whose worker dies (out of memory,
 node lost) is not retried by Ray (`max_retries=0`): it is recorded as failed with Ray's
-message, and `make sweep` again resumes it from its last checkpoint.
+message, and `make sweep` again resumes it from its last checkpoint. A task that cannot
+find its run (the spec changed since the driver read it) records its failure itself,
+since varjax's errors do not survive Ray's pickling back to the driver. Ctrl-C cancels
+the outstanding tasks and stops a local instance.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from sweeps.spec import Run, Sweep
 
 # Where Ray logs that it turned token authentication on for a new local instance.
 AUTH_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+CANCEL_GRACE_S = 10.0  # Ctrl-C: how long cancelled runs get to record their interruption
 
 
 def run_ray(sweep: Sweep, runs: list[Run], *, address: str | None = None,
@@ -91,8 +95,9 @@ def _connected(address: str | None, sweep: Sweep, log) -> Iterator[None]:
 @contextlib.contextmanager
 def _quiet_start() -> Iterator[None]:
   """Silences two notices of ray.init that need no action: that token authentication is
-  on (Ray's default; setting RAY_AUTH_MODE ourselves would not do, since Ray reads it once
-  at import), and JAX's warning on fork, false here: Ray forks only to exec its daemons."""
+  on (Ray's default; setting RAY_AUTH_MODE=token here instead would not do: a driver that
+  imported Ray before keeps the mode it read then, and the new instance rejects it), and
+  JAX's warning on fork, false here: Ray forks only to exec its daemons."""
   notice = logging.getLogger(AUTH_NOTICE_LOGGER)
   level = notice.level
   notice.setLevel(logging.ERROR)
@@ -121,7 +126,8 @@ def _run_tasks(sweep: Sweep, runs: list[Run], log) -> dict[str, dict[str, Any]]:
   task = ray.remote(**task_options(sweep))(train_task)
   spec_path, cwd = os.path.abspath(sweep.path), os.getcwd()
   submitted = time.time()
-  refs = {task.remote(cwd, spec_path, run.name): run for run in runs}
+  refs = {task.remote(cwd, spec_path, run.config.run.out_dir, run.name): run
+          for run in runs}
   log(f"ray: {len(runs)} run(s) submitted, {sweep.spec.resources.cpus:g} CPU / "
       f"{sweep.spec.resources.gpus:g} GPU each")
   outcomes: dict[str, dict[str, Any]] = {}
@@ -134,8 +140,11 @@ def _run_tasks(sweep: Sweep, runs: list[Run], log) -> dict[str, dict[str, Any]]:
         outcomes[outcome["run"]] = outcome
         log(f"[{len(outcomes)}/{len(runs)}]{launch.format_outcomes([outcome])}")
   except KeyboardInterrupt:
-    for ref in pending:  # raises KeyboardInterrupt in the task: run_one records it
+    # A running task gets KeyboardInterrupt, which run_one records as "interrupted"
+    # before the instance goes down; a queued one never starts.
+    for ref in pending:
       ray.cancel(ref)
+    ray.wait(pending, num_returns=len(pending), timeout=CANCEL_GRACE_S)
     raise
   return outcomes
 
@@ -147,19 +156,29 @@ def _collect(ray, ref, run: Run, submitted: float) -> dict[str, Any]:
   except ray.exceptions.RayError as e:
     cause = getattr(e, "cause", None)  # RayTaskError: the exception raised in the task
     error = cause if isinstance(cause, BaseException) else e
-    seconds = time.time() - submitted  # includes its time in the queue: the best we know
-    info = registry.record_failure(run.directory, error)
-    registry.append_event(run.config.run.out_dir, run.name, "failed", error=info["error"],
-                          type=info["type"], seconds=seconds, backend="ray")
-    return {"run": run.name, "status": "failed", "error": f"{info['type']}: {info['error']}",
-            "seconds": seconds}
+    # The time includes the task's wait in the queue: the best the driver knows.
+    return failed(run.config.run.out_dir, run.name, error, time.time() - submitted)
 
 
-def train_task(cwd: str, spec_path: str, name: str) -> dict[str, Any]:
+def failed(out_dir: str, name: str, error: BaseException, seconds: float) -> dict[str, Any]:
+  """Records a run's failure as run_one does (error.json, a registry event); its outcome."""
+  info = registry.record_failure(os.path.join(out_dir, name), error)
+  registry.append_event(out_dir, name, "failed", error=info["error"], type=info["type"],
+                        seconds=seconds, backend="ray")
+  return {"run": name, "status": "failed", "error": f"{info['type']}: {info['error']}",
+          "seconds": seconds}
+
+
+def train_task(cwd: str, spec_path: str, out_dir: str, name: str) -> dict[str, Any]:
   """The body of a run's task, in a Ray worker process."""
+  start = time.time()
   os.chdir(cwd)  # the spec's relative paths (out_dir, data) are the driver's
   from varjax import hostmem
   hostmem.keep_freed_memory()  # before JAX starts its threads: see varjax/hostmem.py
   from sweeps import spec as spec_lib
-  run = spec_lib.load(spec_path).select([name])[0]
+  try:
+    run = spec_lib.load(spec_path).select([name])[0]
+  except Exception as e:  # noqa: BLE001 -- e.g. the spec changed since the driver read it
+    # Recorded here: varjax's errors do not survive Ray's pickling back to the driver.
+    return failed(out_dir, name, e, time.time() - start)
   return launch.run_one(run, progress=False, backend="ray")

@@ -163,7 +163,7 @@ class TpuSpec:
   cluster: str = ""  # xpk
   tpu_type: str = "v5p-8"  # xpk --tpu-type
   num_slices: int = 1
-  docker_image: str = ""  # xpk --base-docker-image (empty: xpk's default)
+  docker_image: str = ""  # xpk --base-docker-image (empty: python:3.12, see sweeps/tpu.py)
 
 
 @dataclasses.dataclass(frozen=True)

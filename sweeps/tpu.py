@@ -16,7 +16,8 @@ then goes through the runs in the same order on every host. Two launchers:
           project?, zone?, docker_image?}`). One `xpk workload create`: xpk builds an image
           from this checkout (the current directory) on top of `tpu.docker_image`, with the
           checkout at /app, and every host of every slice runs `make install` into
-          /opt/varjax-venv (not the copied .venv of this machine) and the sweep. The base
+          /opt/varjax-venv (not the copied .venv of this machine: a .dockerignore with
+          .venv, runs and data_cache keeps them out of the image) and the sweep. The base
           image needs Python 3.12 and make: python:3.12 when `docker_image` is empty (xpk's
           own default has Python 3.10). The workload is named after the sweep
           (`workload_name`), so a sweep runs once per cluster at a time; delete a finished
@@ -133,8 +134,8 @@ def workload_name(sweep_name: str) -> str:
 
 def registry_note(sweep: Sweep, launcher: str) -> str | None:
   """A warning when the registry is a relative path, i.e. on each host's own disk."""
-  out_dir = sweep.out_dir or sweep.spec.out_dir or ""
-  if os.path.isabs(out_dir):
+  out_dir = sweep.out_dir
+  if not out_dir or os.path.isabs(out_dir):
     return None
   where = ("inside the container, lost when the workload ends" if launcher == "xpk"
            else "on each worker's own disk under tpu.repo_dir")

@@ -5,7 +5,11 @@ the registry's promises (finished runs skipped, crashed tasks recorded as failur
 
 from __future__ import annotations
 
+import _thread
 import os
+import signal
+import threading
+import time
 
 import pytest
 import yaml
@@ -154,24 +158,68 @@ def test_ray_trains_runs_concurrently_and_skips_finished_ones(setup, tmp_path, m
   assert registry.events("runs/tiny") == events
 
 
-def test_ray_task_that_crashes_is_a_recorded_failure(setup, tmp_path, monkeypatch):
+def test_ray_tasks_that_die_or_cannot_start_are_recorded_failures(setup, tmp_path,
+                                                                  monkeypatch):
   from sweeps import ray_backend
   monkeypatch.chdir(tmp_path)
-  sweep = spec_lib.load(_write_spec(str(tmp_path), setup))
-  os.remove(tmp_path / "base.yaml")  # the workers' load of the spec fails
+  path = _write_spec(str(tmp_path), setup, budgets={"tokens": [192000]})  # 400 steps
+  sweep = spec_lib.load(path)
+  killed, gone = sweep.runs[0].name, sweep.runs[1].name
+  # The spec changes after the driver read it: the second run's task cannot find its run.
+  _write_spec(str(tmp_path), setup, budgets={"tokens": [192000]},
+              models={"depths": [1], "width_per_depth": 64, "head_dim": 32})
+
+  def kill_when_started():  # the first run's worker dies as if out of memory
+    deadline = time.time() + 240
+    while time.time() < deadline:
+      started = [e for e in registry.events("runs/tiny")
+                 if e["run"] == killed and e["event"] == "started"]
+      if started:
+        os.kill(started[0]["pid"], signal.SIGKILL)
+        return
+      time.sleep(0.2)
+  killer = threading.Thread(target=kill_when_started, daemon=True)
+  killer.start()
   lines = []
-  outcomes = ray_backend.run_ray(sweep, list(sweep.runs[:1]), log=lines.append)
-  assert outcomes[0]["status"] == "failed"
-  assert outcomes[0]["error"].startswith("ConfigError: base: config file not found")
-  assert registry.status(sweep.runs[0].directory) == "failed"
-  assert [e["event"] for e in registry.events("runs/tiny")] == ["failed"]
-  assert any("failed" in line and RUN_NAMES[0] in line for line in lines)
+  outcomes = ray_backend.run_ray(sweep, list(sweep.runs), log=lines.append)
+  killer.join()
+  assert [o["status"] for o in outcomes] == ["failed", "failed"]
+  assert outcomes[0]["error"].startswith("WorkerCrashedError: ")
+  assert outcomes[1]["error"].startswith(f"ConfigError: runs: unknown run(s) {gone}")
+  for run, outcome in zip(sweep.runs, outcomes):
+    assert registry.status(run.directory) == "failed"
+    assert registry.read_failure(run.directory)["error"] in outcome["error"]
+  events = [(e["run"], e["event"]) for e in registry.events("runs/tiny")]
+  assert sorted(events) == sorted([(killed, "started"), (killed, "failed"), (gone, "failed")])
+  assert sum("failed" in line for line in lines) == 2
+
+
+def test_ray_interrupted_cancels_its_tasks_and_stops_the_local_instance(setup, tmp_path,
+                                                                        monkeypatch):
+  import ray
+
+  from sweeps import ray_backend
+  monkeypatch.chdir(tmp_path)
+  sweep = spec_lib.load(_write_spec(str(tmp_path), setup, budgets={"tokens": [960000]}))
+  run = sweep.runs[0]  # 2000 steps: still training when Ctrl-C comes
+
+  def interrupt_when_started():
+    deadline = time.time() + 240
+    while time.time() < deadline and not registry.events("runs/tiny"):
+      time.sleep(0.2)
+    _thread.interrupt_main()
+  threading.Thread(target=interrupt_when_started, daemon=True).start()
+  with pytest.raises(KeyboardInterrupt):
+    ray_backend.run_ray(sweep, [run], log=lambda line: None)
+  assert not ray.is_initialized()
+  assert [e["event"] for e in registry.events("runs/tiny")] == ["started", "interrupted"]
+  assert registry.status(run.directory) == "interrupted"
 
 
 def test_ray_refuses_resources_the_local_instance_lacks(tmp_path, monkeypatch):
   from sweeps import ray_backend
   monkeypatch.chdir(tmp_path)
   sweep = spec_lib.load(_write_spec(str(tmp_path), {"tokens": "tokens"},
-                                    resources={"gpus": 1}))
-  with pytest.raises(ConfigError, match="^resources.gpus: each run asks for 1 but"):
+                                    resources={"gpus": 1000}))
+  with pytest.raises(ConfigError, match="^resources.gpus: each run asks for 1000 but"):
     ray_backend.run_ray(sweep, list(sweep.runs), log=lambda line: None)

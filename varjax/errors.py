@@ -12,6 +12,9 @@ class ConfigError(VarjaxError, ValueError):
     self.key, self.message = key, message
     super().__init__(f"{key}: {message}")
 
+  def __reduce__(self):  # picklable (Ray sends a worker's errors back to the driver)
+    return type(self), (self.key, self.message)
+
 
 class DataError(VarjaxError):
   """A dataset is missing, unprepared or corrupt; the message says what to do."""
