@@ -64,9 +64,7 @@ demo: install
 	$(VENV)/bin/varjax tokenize --tokenizer $(DEMO_TOKENIZER) --split train --out $(DEMO_TOKENS)/train && \
 	$(VENV)/bin/varjax tokenize --tokenizer $(DEMO_TOKENIZER) --split validation --out $(DEMO_TOKENS)/validation && \
 	$(PY) -m sweeps run sweeps/demo.yaml --backend local && \
-	$(MAKE) --no-print-directory $(DEMO_FEATURES)/params.msgpack $(DEMO_FD_RUNS) && \
-	$(PY) -m analysis report --runs runs/demo --out reports/demo $(ANALYZE_ARGS) \
-	  --fid-col fd_embed32cnn > reports/demo/report.txt && cat reports/demo/report.txt && \
+	$(MAKE) --no-print-directory reports/demo/report.txt && cat reports/demo/report.txt && \
 	echo "demo: runs in runs/demo, plots and report in reports/demo" && \
 	echo "demo: done in $$(( $$(date +%s) - start )) s"
 
@@ -74,6 +72,11 @@ demo: install
 # (K = 1,024 samples, about 20 s; redone only when the run's params change).
 $(DEMO_FEATURES)/params.msgpack:
 	$(VENV)/bin/varjax eval features train --out $(DEMO_FEATURES)
+
+# The fits, forecasts and plots; redone when a run finished (registry.jsonl) or was measured.
+reports/demo/report.txt: runs/demo/registry.jsonl $(DEMO_FD_RUNS)
+	$(PY) -m analysis report --runs runs/demo --out reports/demo $(ANALYZE_ARGS) \
+	  --fid-col fd_embed32cnn > $@.tmp && mv $@.tmp $@
 
 runs/demo/%/eval_samples.png: runs/demo/%/params.msgpack $(DEMO_FEATURES)/params.msgpack
 	$(VENV)/bin/varjax eval fid --run $(dir $@) --feature-net $(DEMO_FEATURES)
@@ -90,7 +93,7 @@ bench: install
 	$(VENV)/bin/varjax bench train --model var-d4 --patch-nums 1,2,3,4,5,6,8 --batch 32 --json
 
 # make sweep SWEEP=sweeps/x.yaml [BACKEND=local|lanes|ray|tpu] [RUNS=a,b] [LIMIT=K]
-#            [DRY_RUN=1] [TPU_LAUNCHER=gcloud|xpk] [RAY_ADDRESS=host:port]
+#            [DRY_RUN=1] [TPU_LAUNCHER=gcloud|xpk] [RAY_ADDRESS=host:port] [OUT_DIR=dir]
 # Idempotent: finished runs are skipped, interrupted ones resume, failed ones are retried
 # (RUNS=name retries one alone). `python -m sweeps list SPEC` shows the runs and status.
 SWEEP ?= sweeps/demo.yaml
@@ -98,7 +101,8 @@ BACKEND ?= local
 TPU_LAUNCHER ?= gcloud
 sweep: install
 	$(PY) -m sweeps run $(SWEEP) --backend $(BACKEND) --launcher $(TPU_LAUNCHER) \
-	  $(if $(RUNS),--runs $(RUNS)) $(if $(LIMIT),--limit $(LIMIT)) $(if $(DRY_RUN),--dry-run)
+	  $(if $(RUNS),--runs $(RUNS)) $(if $(LIMIT),--limit $(LIMIT)) $(if $(DRY_RUN),--dry-run) \
+	  $(if $(OUT_DIR),--out-dir $(OUT_DIR))
 
 # make analyze RUNS=runs/demo [OUT=reports/demo] [ANALYZE_ARGS="--d-col tokens ..."]
 ANALYZE_ARGS ?= --d-col tokens --bootstrap 200

@@ -19,7 +19,7 @@ import sys
 import time
 
 from varjax import hostmem
-from varjax.errors import Preempted, VarjaxError
+from varjax.errors import ConfigError, Preempted, VarjaxError
 
 BACKENDS = ("local", "lanes", "ray", "tpu")
 
@@ -35,7 +35,7 @@ def _selected(sweep, args):
 
 def _cmd_list(args) -> int:
   from sweeps import registry, spec as spec_lib
-  sweep = spec_lib.load(args.spec)
+  sweep = spec_lib.load(args.spec, args.out_dir)
   print(f"sweep {sweep.spec.name}: {len(sweep.runs)} runs in {sweep.out_dir}")
   print(f"  {'run':<28} {'N':>11} {'tokens':>11} {'FLOPs':>9} {'steps':>6} {'lr':>8}  status")
   for run in _selected(sweep, args):
@@ -47,12 +47,15 @@ def _cmd_list(args) -> int:
 
 def _cmd_run(args) -> int:
   from sweeps import launch, spec as spec_lib
-  sweep = spec_lib.load(args.spec)  # every spec mistake surfaces here, before training
+  sweep = spec_lib.load(args.spec, args.out_dir)  # every spec mistake surfaces here, before training
   runs = _selected(sweep, args)
   start = time.time()
   progress = None if args.progress == "auto" else args.progress == "on"
   if args.backend == "tpu":
     from sweeps import tpu
+    if args.out_dir:
+      raise ConfigError("out-dir", "BACKEND=tpu runs the spec on the workers as it is; set "
+                        "out_dir in the spec (on storage every host sees)")
     return tpu.launch(sweep, runs, launcher=args.launcher, dry_run=args.dry_run,
                       selected=bool(args.runs or args.limit))
   if args.dry_run:
@@ -93,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="a sweep spec, e.g. sweeps/demo.yaml")
     p.add_argument("--runs", default="", help="only these runs (comma-separated names)")
     p.add_argument("--limit", type=int, default=0, help="only the first K runs")
+    p.add_argument("--out-dir", default=None, help="the registry directory instead of the "
+                   "spec's out_dir")
   run.add_argument("--backend", choices=BACKENDS, default="local")
   run.add_argument("--dry-run", action="store_true", help="print what would run (tpu: the "
                    "exact commands) and stop")

@@ -24,8 +24,9 @@ def groups(runs: list[Run], max_lanes: int) -> list[list[Run]]:
   """Runs of equal shape in chunks of at most `max_lanes`, in sweep order."""
   from varjax.train.lanes import shape_key
   by_key: dict[str, list[Run]] = {}
-  for run in runs:
-    by_key.setdefault(shape_key(run.config), []).append(run)
+  for run in runs:  # a warm-started run (a WSD cool-down) trains alone
+    key = run.name if run.config.run.warm_start else shape_key(run.config)
+    by_key.setdefault(key, []).append(run)
   out = []
   for members in by_key.values():
     out += [members[i:i + max_lanes] for i in range(0, len(members), max_lanes)]

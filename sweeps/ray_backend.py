@@ -126,12 +126,29 @@ def _run_tasks(sweep: Sweep, runs: list[Run], log) -> dict[str, dict[str, Any]]:
   task = ray.remote(**task_options(sweep))(train_task)
   spec_path, cwd = os.path.abspath(sweep.path), os.getcwd()
   submitted = time.time()
-  refs = {task.remote(cwd, spec_path, run.config.run.out_dir, run.name): run
-          for run in runs}
-  log(f"ray: {len(runs)} run(s) submitted, {sweep.spec.resources.cpus:g} CPU / "
-      f"{sweep.spec.resources.gpus:g} GPU each")
+  # A WSD cool-down run (info["warm_start"]) starts from its trunk's checkpoint: it is
+  # submitted once the trunk's task is done (at once if the trunk finished before).
+  todo = {r.name for r in runs}
+  waiting: dict[str, list[Run]] = {}
+  ready = []
+  for run in runs:
+    trunk = run.info.get("warm_start")
+    if trunk in todo:
+      waiting.setdefault(trunk, []).append(run)
+    else:
+      ready.append(run)
+  refs: dict[Any, Run] = {}
+
+  def submit(batch: list[Run]) -> list:
+    new = [task.remote(cwd, spec_path, run.config.run.out_dir, run.name) for run in batch]
+    refs.update(zip(new, batch))
+    return new
+
+  pending = submit(ready)
+  log(f"ray: {len(ready)} run(s) submitted, {sweep.spec.resources.cpus:g} CPU / "
+      f"{sweep.spec.resources.gpus:g} GPU each"
+      + (f"; {len(runs) - len(ready)} cool-down run(s) wait for their trunks" if waiting else ""))
   outcomes: dict[str, dict[str, Any]] = {}
-  pending = list(refs)
   try:
     while pending:
       done, pending = ray.wait(pending, num_returns=1)
@@ -139,6 +156,7 @@ def _run_tasks(sweep: Sweep, runs: list[Run], log) -> dict[str, dict[str, Any]]:
         outcome = _collect(ray, ref, refs[ref], submitted)
         outcomes[outcome["run"]] = outcome
         log(f"[{len(outcomes)}/{len(runs)}]{launch.format_outcomes([outcome])}")
+        pending += submit(waiting.pop(outcome["run"], []))
   except KeyboardInterrupt:
     # A running task gets KeyboardInterrupt, which run_one records as "interrupted"
     # before the instance goes down; a queued one never starts.
@@ -177,7 +195,7 @@ def train_task(cwd: str, spec_path: str, out_dir: str, name: str) -> dict[str, A
   hostmem.keep_freed_memory()  # before JAX starts its threads: see varjax/hostmem.py
   from sweeps import spec as spec_lib
   try:
-    run = spec_lib.load(spec_path).select([name])[0]
+    run = spec_lib.load(spec_path, out_dir=out_dir).select([name])[0]
   except Exception as e:  # noqa: BLE001 -- e.g. the spec changed since the driver read it
     # Recorded here: varjax's errors do not survive Ray's pickling back to the driver.
     return failed(out_dir, name, e, time.time() - start)

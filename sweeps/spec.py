@@ -17,6 +17,7 @@ deterministic name that says what it is and a static directory `<out_dir>/<name>
     budgets: {tokens: [1e6, 2e6]}    # per model, or an IsoFLOP grid:
         # {flops: [1e12, 3e12], tolerance: 0.05, min_steps: 20}
     seeds: [0]
+    cooldowns: {decay_fraction: 0.2} # WSD; shorter budgets branch off the longest run
     lr: {rule: var, base_lr: 1e-4}  # peak = base_lr x batch / 256 (VAR)
         # {rule: power, lr0: 2e-3, n0: 1e6, exponent: -0.3}: peak = lr0 (N / n0)^exponent
         # {rule: config}: the config's optim.peak_lr / base_lr as they are
@@ -141,6 +142,22 @@ class BatchSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class CooldownsSpec:
+  """Warmup-stable-decay with cool-downs: every run uses the WSD schedule (linear decay
+  over the last `decay_fraction` of its steps after warmup), and the budgets of one model,
+  seed and lr share a trunk: the longest run keeps a checkpoint where each shorter run's
+  decay starts, and the shorter run trains only its decay from there (run.warm_start).
+  The result is the same as training each from scratch; the compute is the longest run
+  plus the decays."""
+  decay_fraction: float = 0.2
+
+  def __post_init__(self):
+    if not 0 < self.decay_fraction <= 1:
+      raise ConfigError("cooldowns.decay_fraction", f"must be in (0, 1], got "
+                        f"{self.decay_fraction}")
+
+
+@dataclasses.dataclass(frozen=True)
 class ResourcesSpec:
   """What one run asks of a Ray cluster."""
   cpus: float = 1.0
@@ -176,6 +193,7 @@ class SweepSpec:
   seeds: tuple[int, ...] = (0,)
   lr: LrSpec = LrSpec()
   batch: BatchSpec = BatchSpec()
+  cooldowns: CooldownsSpec | None = None
   resources: ResourcesSpec = ResourcesSpec()
   tpu: TpuSpec = TpuSpec()
 
@@ -232,12 +250,15 @@ def _model_label(depth: int, width: int) -> str:
   return f"d{depth}" if width == 64 * depth else f"d{depth}w{width}"
 
 
-def load(path: str) -> Sweep:
-  """Reads, validates and expands the spec at `path` (nothing is trained or written)."""
+def load(path: str, out_dir: str | None = None) -> Sweep:
+  """Reads, validates and expands the spec at `path` (nothing is trained or written);
+  `out_dir` replaces the spec's registry directory."""
   values = config_lib.read_config_file(path)
   if not isinstance(values, dict):
     raise ConfigError("spec", f"{path} must hold a mapping of spec fields")
   values = dict(values)
+  if out_dir:
+    values["out_dir"] = out_dir
   values.setdefault("name", os.path.splitext(os.path.basename(path))[0])
   overrides = values.pop("config", None) or {}
   if not isinstance(overrides, dict):
@@ -274,6 +295,9 @@ def expand(spec: SweepSpec, base_values: dict[str, Any]) -> list[Run]:
   from varjax.train import flops as flops_lib
 
   out_dir = spec.out_dir or os.path.join("runs", spec.name)
+  if spec.cooldowns:
+    base_values = config_lib._merge(base_values, {"optim": {
+        "schedule": "wsd", "decay_fraction": spec.cooldowns.decay_fraction}})
   runs: list[Run] = []
   for depth, width in spec.models.shapes():
     if width % spec.models.head_dim:
@@ -323,6 +347,8 @@ def expand(spec: SweepSpec, base_values: dict[str, Any]) -> list[Run]:
                   "lr_scale": scale, "peak_lr": lr, "steps": steps, "params": n,
                   "tokens": steps * tokens_per_step, "flops_exact": steps * per_step}
           runs.append(Run(name, cfg, info))
+  if spec.cooldowns:
+    runs = _branch_cooldowns(runs)
   if spec.budgets.flops:
     for i, b in enumerate(spec.budgets.flops):
       if not any(r.info["budget"] == b for r in runs):
@@ -332,3 +358,44 @@ def expand(spec: SweepSpec, base_values: dict[str, Any]) -> list[Run]:
                           "steps; widen budgets.tolerance, lower budgets.min_steps or "
                           "change the budget")
   return runs
+
+
+def decay_start(cfg: Config) -> int:
+  """The first step of a WSD run's decay (varjax.train.optimizer.lr_schedule)."""
+  steps = cfg.run.steps
+  rest = steps - min(cfg.optim.warmup_steps, steps)
+  return steps - max(int(round(rest * cfg.optim.decay_fraction)), 1)
+
+
+def _branch_cooldowns(runs: list[Run]) -> list[Run]:
+  """Runs of one model, seed and lr: the longest (the trunk) first, keeping a checkpoint
+  where each other run's decay starts; the others warm-start there."""
+  groups: dict[tuple, list[Run]] = {}
+  for run in runs:
+    i = run.info
+    groups.setdefault((i["model"], i["seed"], i["lr_scale"]), []).append(run)
+  out: list[Run] = []
+  for members in groups.values():
+    trunk = max(members, key=lambda r: r.config.run.steps)
+    points = {r.name: decay_start(r.config) for r in members if r is not trunk}
+    points = {name: b for name, b in points.items() if b >= 1}
+    keep = tuple(sorted(set(points.values())))
+    out.append(Run(trunk.name, config_lib.replace(trunk.config, run={"keep_steps": list(keep)}),
+                   dict(trunk.info, cooldown_trunk=True)))
+    for run in members:
+      if run is trunk:
+        continue
+      if run.name not in points:
+        out.append(run)
+        continue
+      b = points[run.name]
+      cfg = config_lib.replace(run.config, run={"warm_start": f"{trunk.directory}@{b}"})
+      out.append(Run(run.name, cfg, dict(run.info, warm_start=trunk.name,
+                                         warm_start_step=b)))
+  order = {r.name: k for k, r in enumerate(runs)}
+  first_of_model: dict[str, int] = {}
+  for k, r in enumerate(runs):
+    first_of_model.setdefault(r.info["model"], k)
+  # Model by model as before; within a model every trunk before the runs branching off.
+  return sorted(out, key=lambda r: (first_of_model[r.info["model"]], "warm_start" in r.info,
+                                    order[r.name]))

@@ -68,6 +68,7 @@ def test_lanes_match_separate_runs_and_resume(tmp_path):
                     [c.run.name for c in separate], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_diverging_lane_fails_alone(tmp_path):
   setup = tf.make_token_setup(str(tmp_path / "data"))
   cfgs = _configs(setup, str(tmp_path / "lanes"), 2, steps=3,

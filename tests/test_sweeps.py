@@ -243,6 +243,7 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path):
     np.testing.assert_allclose([v for _, v in mine], [v for _, v in ref], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_two_sweep_processes_share_the_registry(tmp_path):
   setup = tf.make_token_setup(str(tmp_path / "data"))
   path = write_spec(tmp_path / "s", setup, seeds=[0, 1], models=ONE_MODEL)
@@ -256,3 +257,60 @@ def test_two_sweep_processes_share_the_registry(tmp_path):
   for r in sweep.runs:  # each run trained by exactly one of the two
     assert [e["event"] for e in events if e["run"] == r.name] == ["started", "finished"]
   assert len(load_runs(sweep.out_dir)) == len(sweep.runs) == 4
+
+
+# ---------------------------------------------------------------- WSD cool-downs
+
+def test_cooldown_branches_equal_runs_trained_from_scratch(tmp_path):
+  setup = tf.make_token_setup(str(tmp_path / "data"))
+  path = write_spec(tmp_path / "s", setup, models=ONE_MODEL, cooldowns={"decay_fraction": 0.25},
+                    budgets={"tokens": [10 * TOKENS_PER_STEP, 20 * TOKENS_PER_STEP]})
+  sweep = spec_lib.load(path)
+  trunk, branch = sweep.runs  # the longest run first
+  assert (trunk.config.run.steps, branch.config.run.steps) == (20, 10)
+  # warmup 2, then 8 steps of which the last round(0.25 x 8) = 2 decay: branch at step 8
+  assert trunk.config.run.keep_steps == (8,)
+  assert branch.config.run.warm_start == f"{trunk.directory}@8"
+  assert {r.config.optim.schedule for r in sweep.runs} == {"wsd"}
+  assert cli.main(["run", path, "--progress", "off"]) == 0
+  with open(os.path.join(branch.directory, "summary.json")) as f:
+    assert json.load(f)["resumed_at_step"] == 8
+
+  # The reference: the branch's config trained from step 0, alone.
+  from varjax.train import loop
+  alone = config_lib.replace(branch.config, run={"warm_start": None,
+                                                 "out_dir": str(tmp_path / "alone")})
+  reference = loop.train(alone, progress=False, log=lambda s: None)
+  got = load_runs(sweep.out_dir).set_index("run").loc[branch.name, "loss"]
+  assert got == pytest.approx(reference["loss"], abs=1e-6)
+  mine, ref = tf.train_losses(branch.directory), tf.train_losses(alone.run.out_dir + "/" + branch.name)
+  assert [s for s, _ in mine] == list(range(1, 11)) == [s for s, _ in ref]
+  np.testing.assert_allclose([v for _, v in mine], [v for _, v in ref], rtol=0, atol=1e-6)
+
+
+def test_warm_start_refuses_a_run_that_trains_differently(tmp_path):
+  from varjax.errors import VarjaxError
+  from varjax.train import loop
+  setup = tf.make_token_setup(str(tmp_path / "data"))
+  donor = config_lib.from_dict(tf.tiny_config(setup, str(tmp_path), run={"name": "donor",
+                                                                          "steps": 20}))
+  config_lib.save_config(config_lib.replace(donor, model={"depth": 3}),
+                         str(tmp_path / "donor.json"))
+  os.makedirs(tmp_path / "donor")
+  os.replace(tmp_path / "donor.json", tmp_path / "donor" / "config.json")
+  me = config_lib.replace(donor, run={"name": "me", "steps": 10,
+                                      "warm_start": f"{tmp_path / 'donor'}@8"})
+  with pytest.raises(VarjaxError, match="differs from this run in model.depth"):
+    loop.train(me, progress=False, log=lambda s: None)
+  config_lib.save_config(config_lib.replace(donor, optim={"schedule": "linear"}),
+                         str(tmp_path / "donor" / "config.json"))
+  with pytest.raises(VarjaxError, match="learning rates"):
+    loop.train(config_lib.replace(me, optim={"schedule": "linear"}, run={"name": "me2"}),
+               progress=False,
+               log=lambda s: None)
+  config_lib.save_config(config_lib.replace(donor, optim={"schedule": "wsd"}),
+                         str(tmp_path / "donor" / "config.json"))
+  with pytest.raises(VarjaxError, match="no checkpoint of step 8"):
+    loop.train(config_lib.replace(me, optim={"schedule": "wsd"}, run={"name": "me3"}),
+               progress=False,
+               log=lambda s: None)

@@ -158,6 +158,7 @@ def test_ray_trains_runs_concurrently_and_skips_finished_ones(setup, tmp_path, m
   assert registry.events("runs/tiny") == events
 
 
+@pytest.mark.slow
 def test_ray_tasks_that_die_or_cannot_start_are_recorded_failures(setup, tmp_path,
                                                                   monkeypatch):
   from sweeps import ray_backend
@@ -194,6 +195,7 @@ def test_ray_tasks_that_die_or_cannot_start_are_recorded_failures(setup, tmp_pat
   assert sum("failed" in line for line in lines) == 2
 
 
+@pytest.mark.slow
 def test_ray_interrupted_cancels_its_tasks_and_stops_the_local_instance(setup, tmp_path,
                                                                         monkeypatch):
   import ray

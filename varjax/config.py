@@ -215,6 +215,12 @@ class RunConfig:
   checkpoint_every: int = 500
   keep_checkpoints: int = 2
   eval_examples: int = 0  # examples of the eval split per evaluation; 0: all of it
+  # Steps always checkpointed and never deleted (where WSD cool-down runs branch off).
+  keep_steps: tuple[int, ...] = ()
+  # "<run dir>@<step>": with no checkpoint of its own, the run starts from that run's
+  # checkpoint at that step instead of from scratch. For WSD cool-downs: the other run has
+  # the same config up to its length, so both are identical until this run's decay starts.
+  warm_start: str | None = None
 
   def __post_init__(self):
     _check(bool(self.name) and "/" not in self.name, "run.name",
@@ -223,6 +229,18 @@ class RunConfig:
     for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
       _check(getattr(self, key) >= 1, f"run.{key}", "must be >= 1")
     _check(self.eval_examples >= 0, "run.eval_examples", "must be >= 0")
+    _check(all(k >= 1 for k in self.keep_steps), "run.keep_steps", "must be positive steps")
+    if self.warm_start is not None:
+      _check(self.warm_start_point is not None, "run.warm_start",
+             f"expected '<run dir>@<step>', got {self.warm_start!r}")
+
+  @property
+  def warm_start_point(self) -> tuple[str, int] | None:
+    """(run dir, step) of run.warm_start, None if unset or malformed."""
+    directory, _, step = (self.warm_start or "").rpartition("@")
+    if not directory or not step.isdigit() or int(step) < 1:
+      return None
+    return directory, int(step)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,10 +27,18 @@ STATE, RECORD = "state", "record"
 class Checkpoints:
   """`CheckpointManager` over `run_dir/checkpoints` keeping the last `keep` steps."""
 
-  def __init__(self, run_dir: str, keep: int):
+  def __init__(self, run_dir: str, keep: int, keep_steps: tuple[int, ...] = (),
+               read_only: bool = False):
+    """Keeps the newest `keep` checkpoints, and those of `keep_steps` for good; `read_only`
+    for reading another run's checkpoints (nothing is written or deleted there)."""
     self.directory = os.path.join(os.path.abspath(run_dir), "checkpoints")
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           cleanup_tmp_directories=True,
+    policies = ocp.checkpoint_managers
+    preserve = policies.LatestN(keep)
+    if keep_steps:
+      preserve = policies.AnyPreservationPolicy([preserve, policies.CustomSteps(keep_steps)])
+    options = ocp.CheckpointManagerOptions(preservation_policy=preserve, create=not read_only,
+                                           read_only=read_only,
+                                           cleanup_tmp_directories=not read_only,
                                            enable_async_checkpointing=False)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -49,6 +57,13 @@ class Checkpoints:
     self.manager.save(step, args=ocp.args.Composite(**{
         STATE: ocp.args.StandardSave(state), RECORD: ocp.args.JsonSave(record)}), force=True)
     self.manager.wait_until_finished()
+
+  def restore_step(self, abstract_state: Any, step: int) -> tuple[Any, dict] | None:
+    """(state, record) of exactly `step`, None if it is missing or unreadable."""
+    if step not in self.steps():
+      return None
+    restored = self.restore_latest(abstract_state, at_most=step)
+    return restored if restored is not None and int(restored[1]["step"]) == step else None
 
   def restore_latest(self, abstract_state: Any,
                      at_most: int | None = None) -> tuple[Any, dict] | None:

@@ -111,7 +111,11 @@ def train_lanes(cfgs: list[Config], *, progress: bool | None = None,
   txs = [optimizer.adamw(c.optim, steps, batch) for c in cfgs]
   abstract, shardings = step_lib.state_shardings(model, txs[0], cfg.run.seed, mesh)
   lane_sh = _lane_shardings(shardings, mesh)
-  ckpts = [checkpoint.Checkpoints(d, c.run.keep_checkpoints) for d, c in zip(directories, cfgs)]
+  if any(c.run.warm_start for c in cfgs):
+    raise VarjaxError("lanes start from scratch; train warm-started runs (run.warm_start) "
+                      "on their own")
+  ckpts = [checkpoint.Checkpoints(d, c.run.keep_checkpoints, c.run.keep_steps)
+           for d, c in zip(directories, cfgs)]
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract, shardings)
   restored = _restore(ckpts, target)
@@ -213,7 +217,8 @@ def train_lanes(cfgs: list[Config], *, progress: bool | None = None,
         save_all(done_steps)
         raise checkpoint.Preempted(f"SIGTERM: saved step {done_steps} of {k} lanes; rerun "
                                    "the same command to resume")
-      if done_steps % cfg.run.checkpoint_every == 0 and done_steps < steps:
+      if ((done_steps % cfg.run.checkpoint_every == 0 or done_steps in cfg.run.keep_steps)
+          and done_steps < steps):
         save_all(done_steps)
         pausing = True
       if pausing:

@@ -14,6 +14,7 @@ batches the interrupted one would have: resuming is bitwise on CPU.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -23,7 +24,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from varjax import files, progress as progress_lib
+from varjax import config as config_lib, files, progress as progress_lib
 from varjax.config import Config
 from varjax.data import pipeline, tokens as tokens_lib
 from varjax.errors import VarjaxError
@@ -228,6 +229,63 @@ def finish(cfg: Config, directory: str, params, summary: dict[str, Any], progres
   return summary
 
 
+def warm_start(cfg: Config, target, directory: str, write: bool = True):
+  """(state, record) of the checkpoint cfg.run.warm_start names, after checking that the
+  other run trains exactly like this one up to that step (same config but for its length,
+  the same learning rate at every step before it); its metrics up to the step are copied
+  into this run's metrics.jsonl so the run's curve is whole."""
+  donor_dir, step = cfg.run.warm_start_point
+  path = os.path.join(donor_dir, "config.json")
+  if not os.path.isfile(path):
+    raise VarjaxError(f"run.warm_start: {donor_dir} has not started (no config.json); "
+                      "train it first")
+  donor = config_lib.load_config(path)
+
+  def shape(c: Config) -> dict[str, Any]:
+    values = config_lib.to_dict(c)
+    for key in ("name", "steps", "warm_start", "keep_steps", "checkpoint_every"):
+      values["run"][key] = None
+    return values
+  if shape(donor) != shape(cfg):
+    mine, theirs = shape(cfg), shape(donor)
+    diff = [f"{s}.{k}" for s in mine for k in mine[s] if mine[s][k] != theirs[s].get(k)]
+    raise VarjaxError(f"run.warm_start: {donor_dir} differs from this run in "
+                      f"{', '.join(diff[:5])}, not only in its length")
+  if not 0 < step < cfg.run.steps:
+    raise VarjaxError(f"run.warm_start: step {step} is not inside this run's "
+                      f"{cfg.run.steps} steps")
+  batch = cfg.data.global_batch_size
+  ours = optimizer.lr_schedule(cfg.optim, cfg.run.steps, batch)
+  theirs = optimizer.lr_schedule(donor.optim, donor.run.steps, batch)
+  at = np.arange(step)
+  if not np.allclose(np.asarray(ours(at)), np.asarray(theirs(at)), rtol=1e-6, atol=0):
+    raise VarjaxError(f"run.warm_start: the learning rates of {donor_dir} and this run "
+                      f"differ before step {step} (use optim.schedule=wsd or constant, and "
+                      "branch before this run's decay)")
+  ckpts = checkpoint.Checkpoints(donor_dir, donor.run.keep_checkpoints, read_only=True)
+  try:
+    restored = ckpts.restore_step(target, step)
+  finally:
+    ckpts.close()
+  if restored is None:
+    raise VarjaxError(f"run.warm_start: {donor_dir} has no checkpoint of step {step} yet; "
+                      "train it past that step first (it needs run.keep_steps to include "
+                      f"{step}; a sweep does both)")
+  donor_metrics = os.path.join(donor_dir, metrics_lib.METRICS_FILE)
+  if write and os.path.exists(donor_metrics):
+    with open(donor_metrics) as f:
+      lines = [l for l in f if l.strip() and _line_step(l) is not None and _line_step(l) <= step]
+    files.write_atomic(os.path.join(directory, metrics_lib.METRICS_FILE), "".join(lines))
+  return restored
+
+
+def _line_step(line: str) -> int | None:
+  try:
+    return int(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):
+    return None
+
+
 def train(cfg: Config, *, progress: bool | None = None, log: Callable[[str], None] = print,
           on_step: Callable[[int], None] | None = None, devices=None) -> dict[str, Any]:
   """Runs (or resumes, or skips if finished) the run `cfg` describes; returns summary.json.
@@ -256,10 +314,12 @@ def train(cfg: Config, *, progress: bool | None = None, log: Callable[[str], Non
   tx = optimizer.adamw(cfg.optim, cfg.run.steps, batch)
   schedule = optimizer.lr_schedule(cfg.optim, cfg.run.steps, batch)
   abstract, shardings = step_lib.state_shardings(model, tx, cfg.run.seed, mesh)
-  ckpts = checkpoint.Checkpoints(directory, cfg.run.keep_checkpoints)
+  ckpts = checkpoint.Checkpoints(directory, cfg.run.keep_checkpoints, cfg.run.keep_steps)
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract, shardings)
   restored = ckpts.restore_latest(target)
+  if restored is None and cfg.run.warm_start:
+    restored = warm_start(cfg, target, directory, write=is_main)
   if restored is None:
     state, first_step = step_lib.init_state(model, tx, cfg.run.seed, mesh, shardings), 0
   else:
@@ -314,7 +374,8 @@ def train(cfg: Config, *, progress: bool | None = None, log: Callable[[str], Non
         pausing = True
       if preempt.reached(done_steps):
         ckpts.save_and_stop(done_steps, state, ckpt_record(done_steps))
-      if done_steps % cfg.run.checkpoint_every == 0 and done_steps < cfg.run.steps:
+      if ((done_steps % cfg.run.checkpoint_every == 0 or done_steps in cfg.run.keep_steps)
+          and done_steps < cfg.run.steps):
         ckpts.save(done_steps, state, ckpt_record(done_steps))
         pausing = True
       if pausing:  # evaluation and saving are not training throughput
