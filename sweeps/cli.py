@@ -37,11 +37,13 @@ def _cmd_list(args) -> int:
   from sweeps import registry, spec as spec_lib
   sweep = spec_lib.load(args.spec, args.out_dir)
   print(f"sweep {sweep.spec.name}: {len(sweep.runs)} runs in {sweep.out_dir}")
-  print(f"  {'run':<28} {'N':>11} {'tokens':>11} {'FLOPs':>9} {'steps':>6} {'lr':>8}  status")
+  print(f"  {'run':<22} {'N':>10} {'tokens':>10} {'FLOPs':>9} {'steps':>6} {'lr':>8}  "
+        f"{'status':<12}cool-down from")
   for run in _selected(sweep, args):
     i = run.info
-    print(f"  {run.name:<28} {i['params']:>11,} {i['tokens']:>11,} {i['flops_exact']:>9.3g} "
-          f"{i['steps']:>6} {i['peak_lr']:>8.2g}  {registry.status(run.directory)}")
+    branch = f"{i['warm_start']} @ step {i['warm_start_step']}" if "warm_start" in i else ""
+    print(f"  {run.name:<22} {i['params']:>10,} {i['tokens']:>10,} {i['flops_exact']:>9.3g} "
+          f"{i['steps']:>6} {i['peak_lr']:>8.2g}  {registry.status(run.directory):<12}{branch}")
   return 0
 
 

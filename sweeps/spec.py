@@ -368,8 +368,8 @@ def decay_start(cfg: Config) -> int:
 
 
 def _branch_cooldowns(runs: list[Run]) -> list[Run]:
-  """Runs of one model, seed and lr: the longest (the trunk) first, keeping a checkpoint
-  where each other run's decay starts; the others warm-start there."""
+  """Runs of one model, seed and lr: the longest (the trunk) keeps a checkpoint where each
+  other run's decay starts; the others warm-start there."""
   groups: dict[tuple, list[Run]] = {}
   for run in runs:
     i = run.info
@@ -393,9 +393,7 @@ def _branch_cooldowns(runs: list[Run]) -> list[Run]:
       out.append(Run(run.name, cfg, dict(run.info, warm_start=trunk.name,
                                          warm_start_step=b)))
   order = {r.name: k for k, r in enumerate(runs)}
-  first_of_model: dict[str, int] = {}
-  for k, r in enumerate(runs):
-    first_of_model.setdefault(r.info["model"], k)
-  # Model by model as before; within a model every trunk before the runs branching off.
-  return sorted(out, key=lambda r: (first_of_model[r.info["model"]], "warm_start" in r.info,
-                                    order[r.name]))
+  # Every trunk (and unbranched run) first, in sweep order, then the runs branching off:
+  # a branch never waits for a trunk that has not started, and the first runs are
+  # independent (BACKEND=ray trains them at once).
+  return sorted(out, key=lambda r: ("warm_start" in r.info, order[r.name]))
