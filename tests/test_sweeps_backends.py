@@ -225,3 +225,19 @@ def test_ray_refuses_resources_the_local_instance_lacks(tmp_path, monkeypatch):
                                     resources={"gpus": 1000}))
   with pytest.raises(ConfigError, match="^resources.gpus: each run asks for 1000 but"):
     ray_backend.run_ray(sweep, list(sweep.runs), log=lambda line: None)
+
+
+@pytest.mark.slow
+def test_ray_submits_a_cooldown_branch_after_its_trunk(setup, tmp_path, monkeypatch):
+  from sweeps import ray_backend
+  monkeypatch.chdir(tmp_path)
+  sweep = spec_lib.load(_write_spec(
+      str(tmp_path), setup, models={"depths": [1], "width_per_depth": 64, "head_dim": 32},
+      budgets={"tokens": [1920, 3840]}, cooldowns={"decay_fraction": 0.2},
+      resources={"cpus": 1}))
+  trunk, branch = sweep.runs
+  assert branch.config.run.warm_start == f"{trunk.directory}@3"
+  outcomes = ray_backend.run_ray(sweep, list(sweep.runs), log=lambda line: None)
+  assert [o["status"] for o in outcomes] == ["trained", "trained"]
+  events = {(e["run"], e["event"]): e["time"] for e in registry.events("runs/tiny")}
+  assert events[(branch.name, "started")] > events[(trunk.name, "finished")]
