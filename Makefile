@@ -73,10 +73,15 @@ demo: install
 $(DEMO_FEATURES)/params.msgpack:
 	$(VENV)/bin/varjax eval features train --out $(DEMO_FEATURES)
 
-# The fits, forecasts and plots; redone when a run finished (registry.jsonl) or was measured.
+# The fit, backtest and plots, then a forecast (loss and fd_embed32cnn, 95% intervals) for
+# a model 10x the largest on 10x its tokens and for the best split of 1e15 FLOPs; redone
+# when a run finished (registry.jsonl) or was measured.
+DEMO_FORECAST := --at N=2.5e7,D=1e7 --flops 1e15
 reports/demo/report.txt: runs/demo/registry.jsonl $(DEMO_FD_RUNS)
 	$(PY) -m analysis report --runs runs/demo --out reports/demo $(ANALYZE_ARGS) \
-	  --fid-col fd_embed32cnn > $@.tmp && mv $@.tmp $@
+	  --fid-col fd_embed32cnn > $@.tmp && \
+	$(PY) -m analysis forecast --runs runs/demo $(ANALYZE_ARGS) --fid-col fd_embed32cnn \
+	  $(DEMO_FORECAST) >> $@.tmp && mv $@.tmp $@
 
 runs/demo/%/eval_samples.png: runs/demo/%/params.msgpack $(DEMO_FEATURES)/params.msgpack
 	$(VENV)/bin/varjax eval fid --run $(dir $@) --feature-net $(DEMO_FEATURES)
