@@ -273,7 +273,7 @@ def load(path: str, out_dir: str | None = None) -> Sweep:
     if not os.path.isfile(base_path):
       raise ConfigError("base", f"config file not found: {base_path}")
     base_values = config_lib.read_config_file(base_path)
-  base_values = config_lib._merge(base_values, overrides)
+  base_values = config_lib.merge(base_values, overrides)
   try:
     config_lib.from_dict(base_values)
   except ConfigError as e:
@@ -296,7 +296,7 @@ def expand(spec: SweepSpec, base_values: dict[str, Any]) -> list[Run]:
 
   out_dir = spec.out_dir or os.path.join("runs", spec.name)
   if spec.cooldowns:
-    base_values = config_lib._merge(base_values, {"optim": {
+    base_values = config_lib.merge(base_values, {"optim": {
         "schedule": "wsd", "decay_fraction": spec.cooldowns.decay_fraction}})
   runs: list[Run] = []
   for depth, width in spec.models.shapes():
@@ -304,7 +304,7 @@ def expand(spec: SweepSpec, base_values: dict[str, Any]) -> list[Run]:
       raise ConfigError("models.head_dim", f"width {width} (depth {depth}) is not a "
                         f"multiple of the head dim {spec.models.head_dim}")
     model = {"depth": depth, "width": width, "heads": width // spec.models.head_dim}
-    probe = config_lib.from_dict(config_lib._merge(base_values, {"model": model}))
+    probe = config_lib.from_dict(config_lib.merge(base_values, {"model": model}))
     n = var.count_params(probe.model)["non_embedding"]
     batch = probe.data.global_batch_size
     if spec.batch.rule == "power":
@@ -338,7 +338,7 @@ def expand(spec: SweepSpec, base_values: dict[str, Any]) -> list[Run]:
           name = f"{label}-{part}-s{seed}"
           if len(spec.lr.scales) > 1:
             name += f"-lr{short_number(lr)}"
-          cfg = config_lib.from_dict(config_lib._merge(base_values, {
+          cfg = config_lib.from_dict(config_lib.merge(base_values, {
               "model": model, "data": {"global_batch_size": batch},
               "optim": {"peak_lr": lr},
               "run": {"name": name, "out_dir": out_dir, "seed": seed, "steps": steps}}))

@@ -420,11 +420,12 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
   return tree
 
 
-def _merge(base: dict, update: Mapping) -> dict:
+def merge(base: dict, update: Mapping) -> dict:
+  """`update` merged into `base` section by section (nested dicts merge, values replace)."""
   out = dict(base)
   for key, value in update.items():
     if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-      out[key] = _merge(out[key], value)
+      out[key] = merge(out[key], value)
     else:
       out[key] = value
   return out
@@ -448,10 +449,10 @@ def load_config(path: str | None = None, overrides: Sequence[str] | Mapping = ()
   """defaults <- `base` <- file at `path` <- `overrides` (dotted CLI args or nested dict)."""
   values: dict[str, Any] = dict(base or {})
   if path:
-    values = _merge(values, read_config_file(path))
+    values = merge(values, read_config_file(path))
   if not isinstance(overrides, Mapping):
     overrides = parse_overrides(overrides)
-  return from_dict(_merge(values, overrides))
+  return from_dict(merge(values, overrides))
 
 
 def save_config(cfg: Config, path: str) -> None:
@@ -465,7 +466,7 @@ def save_config(cfg: Config, path: str) -> None:
 
 def replace(cfg: Config, **sections: Mapping[str, Any]) -> Config:
   """`replace(cfg, model={"depth": 4})`: a copy with some keys changed, fully validated."""
-  return from_dict(_merge(to_dict(cfg), sections))
+  return from_dict(merge(to_dict(cfg), sections))
 
 
 def model_overrides(name: str) -> dict[str, Any]:

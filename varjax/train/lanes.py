@@ -242,7 +242,7 @@ def train_lanes(cfgs: list[Config], *, progress: bool | None = None,
                                  train_time=train_time, wall_time=time.time() - start_wall,
                                  mesh=mesh, tokenizer_dir=tokenizer_dir)
       summary["lanes"] = k
-      params = loop._host_params(lane_state["params"], mesh)
+      params = loop.host_params(lane_state["params"], mesh)
       results.append(loop.finish(c, directories[i], params, summary, progress, log))
     return results
   finally:

@@ -115,7 +115,7 @@ def evaluate(eval_step, params, data: TokenData, prepare, num_examples: int) -> 
   return {k: (v / (n // b)).tolist() for k, v in sums.items()} | {"examples": n}
 
 
-def _host_params(params, mesh):
+def host_params(params, mesh):
   """Full parameters as NumPy on every process (jit to replicated, then the local copy)."""
   full = jax.jit(lambda p: p, out_shardings=rules.replicated(mesh))(params)
   return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), full)
@@ -388,7 +388,7 @@ def train(cfg: Config, *, progress: bool | None = None, log: Callable[[str], Non
     last_eval = evaluate(eval_step, state["params"], eval_data, prepare, cfg.run.eval_examples)
     writer.write(cfg.run.steps, "eval", last_eval)
     ckpts.save(cfg.run.steps, state, ckpt_record(cfg.run.steps))
-    params = _host_params(state["params"], mesh)
+    params = host_params(state["params"], mesh)
     summary = run_summary(cfg, acc, last_eval, first_step=first_step, train_time=train_time,
                           wall_time=time.time() - start_wall, mesh=mesh,
                           tokenizer_dir=tokenizer_dir)
