@@ -45,6 +45,8 @@ def _train_group(group: list[Run], progress, log) -> list[dict[str, Any]]:
         held.append(run)
       except registry.Busy:
         outcomes.append({"run": run.name, "status": "busy", "seconds": 0.0})
+    if not held:
+      return outcomes
     if len(held) == 1:
       stack.close()
       return outcomes + [launch.run_one(held[0], progress=progress, log=log, backend="lanes")]
