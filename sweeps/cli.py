@@ -19,7 +19,8 @@ import sys
 import time
 
 from varjax import hostmem
-from varjax.errors import ConfigError, Preempted, VarjaxError
+from varjax.cli import run_command
+from varjax.errors import ConfigError
 
 BACKENDS = ("local", "lanes", "ray", "tpu")
 
@@ -118,14 +119,5 @@ def main(argv: list[str] | None = None) -> int:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   hostmem.keep_freed_memory()  # before JAX starts threads: see varjax/hostmem.py
   args = build_parser().parse_args(argv)
-  try:
-    return args.func(args)
-  except Preempted as e:
-    print(f"sweeps: {e}", file=sys.stderr)
-    return e.exit_code
-  except VarjaxError as e:
-    print(f"sweeps: error: {e}", file=sys.stderr)
-    return 2
-  except KeyboardInterrupt:
-    print("sweeps: interrupted; `make sweep` again resumes", file=sys.stderr)
-    return 130
+  return run_command(args.func, args, "sweeps",
+                     interrupted="interrupted; `make sweep` again resumes")

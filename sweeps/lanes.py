@@ -9,15 +9,13 @@ left out of its group; a group whose program fails records the failure for every
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from typing import Any, Callable
 
-from varjax import files
 from varjax.errors import Preempted
 
 from sweeps import launch, registry
-from sweeps.spec import SWEEP_FILE, Run
+from sweeps.spec import Run
 
 
 def groups(runs: list[Run], max_lanes: int) -> list[list[Run]]:
@@ -51,11 +49,8 @@ def _train_group(group: list[Run], progress, log) -> list[dict[str, Any]]:
       stack.close()
       return outcomes + [launch.run_one(held[0], progress=progress, log=log, backend="lanes")]
     for run in held:
-      resumed = registry.status(run.directory) == "interrupted"
-      registry.clear_failure(run.directory)
-      files.write_json(os.path.join(run.directory, SWEEP_FILE), run.info)
-      registry.append_event(out_dir, run.name, "started", backend="lanes", lanes=len(held),
-                            resumed=resumed)
+      launch.begin(run, backend="lanes", lanes=len(held),
+                   resumed=registry.status(run.directory) == "interrupted")
     try:
       results = lanes.train_lanes([r.config for r in held], progress=progress, log=log)
     except (Preempted, KeyboardInterrupt):
@@ -73,12 +68,9 @@ def _train_group(group: list[Run], progress, log) -> list[dict[str, Any]]:
                          "seconds": seconds})
         continue
       error = result if isinstance(result, BaseException) else RuntimeError(result["error"])
-      info = registry.record_failure(run.directory, error)
-      registry.append_event(out_dir, run.name, "failed", error=info["error"],
-                            type=info["type"], seconds=seconds)
-      log(f"{run.name}: FAILED: {info['type']}: {info['error']}")
-      outcomes.append({"run": run.name, "status": "failed",
-                       "error": f"{info['type']}: {info['error']}", "seconds": seconds})
+      outcome = registry.fail(out_dir, run.name, error, seconds)
+      log(f"{run.name}: FAILED: {outcome['error']}")
+      outcomes.append(outcome)
     return outcomes
 
 

@@ -9,6 +9,7 @@ run directory (error.json, with the traceback) and the registry, and the sweep g
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any, Callable
@@ -44,15 +45,12 @@ def run_one(run: Run, *, progress: bool | None = None, log: Callable[[str], None
   try:
     # Several processes of one multi-host run train it together: only single-process
     # launchers take the lock (processes of a pod would find each other busy).
-    lock = registry.run_lock(directory) if _single_process() else _no_lock()
+    lock = registry.run_lock(directory) if _single_process() else contextlib.nullcontext()
     with lock:
       if registry.status(directory) == "finished":  # finished by another process meanwhile
         return {"run": run.name, "status": "finished", "seconds": 0.0}
       if main:
-        registry.clear_failure(directory)
-        files.write_json(os.path.join(directory, SWEEP_FILE), run.info)
-        registry.append_event(out_dir, run.name, "started", backend=backend,
-                              resumed=before == "interrupted")
+        begin(run, backend=backend, resumed=before == "interrupted")
       summary = loop.train(run.config, progress=progress, log=log, on_step=on_step)
       if main:
         registry.append_event(out_dir, run.name, "finished", loss=summary["loss"],
@@ -68,21 +66,18 @@ def run_one(run: Run, *, progress: bool | None = None, log: Callable[[str], None
   except Exception as e:  # noqa: BLE001 -- a failed run is recorded, the sweep goes on
     if not main:
       raise
-    info = registry.record_failure(directory, e)
-    registry.append_event(out_dir, run.name, "failed", error=info["error"],
-                          type=info["type"], seconds=time.time() - start)
-    log(f"{run.name}: FAILED: {info['type']}: {info['error']} "
+    outcome = registry.fail(out_dir, run.name, e, time.time() - start)
+    log(f"{run.name}: FAILED: {outcome['error']} "
         f"(traceback in {os.path.join(directory, registry.ERROR_FILE)})")
-    return {"run": run.name, "status": "failed", "error": f"{info['type']}: {info['error']}",
-            "seconds": time.time() - start}
+    return outcome
 
 
-class _no_lock:
-  def __enter__(self):
-    return None
-
-  def __exit__(self, *exc):
-    return False
+def begin(run: Run, **fields) -> None:
+  """A run starts (again): its old error cleared, its sweep.json written, a `started`
+  event with `fields` (backend, resumed, ...)."""
+  registry.clear_failure(run.directory)
+  files.write_json(os.path.join(run.directory, SWEEP_FILE), run.info)
+  registry.append_event(run.config.run.out_dir, run.name, "started", **fields)
 
 
 def run_local(runs: list[Run], *, progress: bool | None = None,

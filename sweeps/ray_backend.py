@@ -180,11 +180,7 @@ def _collect(ray, ref, run: Run, submitted: float) -> dict[str, Any]:
 
 def failed(out_dir: str, name: str, error: BaseException, seconds: float) -> dict[str, Any]:
   """Records a run's failure as run_one does (error.json, a registry event); its outcome."""
-  info = registry.record_failure(os.path.join(out_dir, name), error)
-  registry.append_event(out_dir, name, "failed", error=info["error"], type=info["type"],
-                        seconds=seconds, backend="ray")
-  return {"run": name, "status": "failed", "error": f"{info['type']}: {info['error']}",
-          "seconds": seconds}
+  return registry.fail(out_dir, name, error, seconds, backend="ray")
 
 
 def train_task(cwd: str, spec_path: str, out_dir: str, name: str) -> dict[str, Any]:

@@ -104,6 +104,16 @@ def record_failure(directory: str, error: BaseException) -> dict[str, Any]:
   return info
 
 
+def fail(out_dir: str, run: str, error: BaseException, seconds: float,
+         **fields: Any) -> dict[str, Any]:
+  """Records a run's failure (error.json and a `failed` event); returns its outcome."""
+  info = record_failure(os.path.join(out_dir, run), error)
+  append_event(out_dir, run, "failed", error=info["error"], type=info["type"],
+               seconds=seconds, **fields)
+  return {"run": run, "status": "failed", "error": f"{info['type']}: {info['error']}",
+          "seconds": seconds}
+
+
 def read_failure(directory: str) -> dict[str, Any] | None:
   path = os.path.join(directory, ERROR_FILE)
   if not os.path.exists(path):

@@ -372,18 +372,23 @@ def main(argv: list[str] | None = None) -> int:
   if extra and not getattr(args, "takes_overrides", False):
     parser.error(f"unrecognized arguments: {' '.join(extra)}")
   args.overrides = extra
+  return run_command(args.func, args, "varjax")
+
+
+def run_command(func, args, prog: str, interrupted: str = "interrupted") -> int:
+  """Runs a command's function (its int result, or 0, is the exit status); a user mistake
+  is one line on stderr and status 2, SIGTERM after a checkpoint 143, Ctrl-C 130."""
   try:
-    args.func(args)
+    return func(args) or 0
   except Preempted as e:
-    print(f"varjax: {e}", file=sys.stderr)
+    print(f"{prog}: {e}", file=sys.stderr)
     return e.exit_code
   except VarjaxError as e:
-    print(f"varjax: error: {e}", file=sys.stderr)
+    print(f"{prog}: error: {e}", file=sys.stderr)
     return 2
   except KeyboardInterrupt:
-    print("varjax: interrupted", file=sys.stderr)
+    print(f"{prog}: {interrupted}", file=sys.stderr)
     return 130
-  return 0
 
 
 if __name__ == "__main__":

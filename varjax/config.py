@@ -464,6 +464,13 @@ def save_config(cfg: Config, path: str) -> None:
     files.write_atomic(path, yaml.safe_dump(values, sort_keys=False))
 
 
+def differences(a: Config, b: Config, ignore: Sequence[str] = ()) -> list[str]:
+  """The dotted keys (`section.key`) whose values differ, leaving out those in `ignore`."""
+  da, db = to_dict(a), to_dict(b)
+  return [f"{s}.{k}" for s in da for k in da[s]
+          if da[s][k] != db[s].get(k) and f"{s}.{k}" not in ignore]
+
+
 def replace(cfg: Config, **sections: Mapping[str, Any]) -> Config:
   """`replace(cfg, model={"depth": 4})`: a copy with some keys changed, fully validated."""
   return from_dict(merge(to_dict(cfg), sections))

@@ -14,9 +14,9 @@ batches the interrupted one would have: resuming is bitwise on CPU.
 
 from __future__ import annotations
 
-import json
 import math
 import os
+import shutil
 import socket
 import time
 from typing import Any, Callable
@@ -229,6 +229,11 @@ def finish(cfg: Config, directory: str, params, summary: dict[str, Any], progres
   return summary
 
 
+# Keys a warm-start donor may differ in: its length and where it writes and checkpoints.
+WARM_START_FREE = ("run.name", "run.steps", "run.warm_start", "run.keep_steps",
+                   "run.checkpoint_every")
+
+
 def warm_start(cfg: Config, target, directory: str, write: bool = True):
   """(state, record) of the checkpoint cfg.run.warm_start names, after checking that the
   other run trains exactly like this one up to that step (same config but for its length,
@@ -240,15 +245,8 @@ def warm_start(cfg: Config, target, directory: str, write: bool = True):
     raise VarjaxError(f"run.warm_start: {donor_dir} has not started (no config.json); "
                       "train it first")
   donor = config_lib.load_config(path)
-
-  def shape(c: Config) -> dict[str, Any]:
-    values = config_lib.to_dict(c)
-    for key in ("name", "steps", "warm_start", "keep_steps", "checkpoint_every"):
-      values["run"][key] = None
-    return values
-  if shape(donor) != shape(cfg):
-    mine, theirs = shape(cfg), shape(donor)
-    diff = [f"{s}.{k}" for s in mine for k in mine[s] if mine[s][k] != theirs[s].get(k)]
+  diff = config_lib.differences(cfg, donor, ignore=WARM_START_FREE)
+  if diff:
     raise VarjaxError(f"run.warm_start: {donor_dir} differs from this run in "
                       f"{', '.join(diff[:5])}, not only in its length")
   if not 0 < step < cfg.run.steps:
@@ -272,18 +270,9 @@ def warm_start(cfg: Config, target, directory: str, write: bool = True):
                       "train it past that step first (it needs run.keep_steps to include "
                       f"{step}; a sweep does both)")
   donor_metrics = os.path.join(donor_dir, metrics_lib.METRICS_FILE)
-  if write and os.path.exists(donor_metrics):
-    with open(donor_metrics) as f:
-      lines = [l for l in f if l.strip() and _line_step(l) is not None and _line_step(l) <= step]
-    files.write_atomic(os.path.join(directory, metrics_lib.METRICS_FILE), "".join(lines))
+  if write and os.path.exists(donor_metrics):  # train() then drops the lines after `step`
+    shutil.copyfile(donor_metrics, os.path.join(directory, metrics_lib.METRICS_FILE))
   return restored
-
-
-def _line_step(line: str) -> int | None:
-  try:
-    return int(json.loads(line)["step"])
-  except (ValueError, KeyError, TypeError):
-    return None
 
 
 def train(cfg: Config, *, progress: bool | None = None, log: Callable[[str], None] = print,

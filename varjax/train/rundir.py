@@ -31,8 +31,7 @@ def claim(directory: str, cfg: Config, write: bool = True) -> None:
   if os.path.isfile(path):
     saved = config_lib.load_config(path)
     if saved != cfg:
-      mine, theirs = config_lib.to_dict(cfg), config_lib.to_dict(saved)
-      diff = [f"{s}.{k}" for s in mine for k in mine[s] if mine[s][k] != theirs[s].get(k)]
+      diff = config_lib.differences(cfg, saved)
       raise VarjaxError(f"{directory} holds a run with another config (differs in "
                         f"{', '.join(diff[:5]) or 'its sections'}); choose another "
                         "--run.name or --out-dir (nothing was overwritten)")
