@@ -273,3 +273,34 @@ def test_tpu_layout_fetches_only_the_key_blocks_the_mask_allows():
   assert q_pairs - want <= {(nq - 1, j) for j in range(nk) if first_q[j] == nq}
   assert want <= q_pairs
   assert (len(want), nq * nk) == (28, 36)  # the figure in the kernels' docstrings
+
+
+def _kernel_matmuls(jaxpr, inside=False):
+  """(operand dtypes, result dtype) of every dot_general inside a pallas_call, walking
+  nested jaxprs (custom VJP, jit, the kernels' loops)."""
+  from jax.extend import core as jcore
+  for eqn in jaxpr.eqns:
+    if inside and eqn.primitive.name == "dot_general":
+      yield tuple(str(v.aval.dtype) for v in eqn.invars), str(eqn.outvars[0].aval.dtype)
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        sub = sub.jaxpr if isinstance(sub, jcore.ClosedJaxpr) else sub
+        if isinstance(sub, jcore.Jaxpr):
+          yield from _kernel_matmuls(sub, inside or eqn.primitive.name == "pallas_call")
+
+
+@pytest.mark.parametrize("layout", ["gpu", "tpu"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_kernel_matmuls_take_the_input_dtype_and_accumulate_in_fp32(layout, dtype):
+  """bf16 inputs must reach the tensor cores / MXU as bf16: an upcast before a matmul
+  would still pass the accuracy tests but run the kernel at fp32 matmul speed."""
+  from varjax.kernels.block_sparse import block_sparse_attention
+  from varjax.kernels.block_sparse_tpu import block_sparse_attention_tpu
+  fn = {"gpu": block_sparse_attention, "tpu": block_sparse_attention_tpu}[layout]
+  x = jax.ShapeDtypeStruct((1, 30, 2, 16), jnp.dtype(dtype))
+  loss = lambda q, k, v: jnp.sum(fn(q, k, v, (1, 2, 3, 4), block_q=8, block_k=8,
+                                    interpret=True).astype(jnp.float32))
+  matmuls = list(_kernel_matmuls(jax.make_jaxpr(jax.grad(loss, (0, 1, 2)))(x, x, x).jaxpr))
+  # forward: q k^T, p v; dq: q k^T, do v^T, ds k; dk/dv: q k^T, p^T do, do v^T, ds^T q
+  assert len(matmuls) == 9
+  assert set(matmuls) == {((dtype, dtype), "float32")}

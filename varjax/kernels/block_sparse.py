@@ -7,7 +7,8 @@ nothing after them (on the 256 px schedule with 128-wide blocks 8 of 36 block pa
 skipped). Here K and V stay in global memory and a loop over key blocks reads only the
 needed ones; `block_sparse_tpu.py` is the same algorithm with the key blocks as a grid axis,
 as Mosaic's pipelining wants. Inside a visited block the element mask is
-`key < end(query)`. Online softmax in fp32, inputs bf16 or fp32, custom VJP with its own
+`key < end(query)`. Online softmax in fp32, inputs bf16 or fp32 (every matmul takes the
+input dtype and accumulates in fp32, as on the TPU layout), custom VJP with its own
 backward kernels (dq per query block; dk, dv per key block over the query blocks that see
 it). Padded queries have end 0: they see nothing and produce 0.
 
@@ -49,21 +50,22 @@ def plan(patch_nums, block_q: int, block_k: int):
 
 def _fwd_kernel(n_kv_ref, ends_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, block_k, scale):
   qi = pl.program_id(2)
-  q = q_ref[...].astype(jnp.float32) * scale  # [bq, K]
+  q = q_ref[...]  # [bq, K], input dtype: the matmuls run on bf16 tensor cores
   ends = ends_ref[...]  # [bq]
   bq = q.shape[0]
 
   def body(j, carry):
     m, l, acc = carry
-    k = k_ref[pl.ds(j * block_k, block_k), :].astype(jnp.float32)
-    v = v_ref[pl.ds(j * block_k, block_k), :].astype(jnp.float32)
-    s = jnp.dot(q, k.T, preferred_element_type=jnp.float32)
+    k = k_ref[pl.ds(j * block_k, block_k), :]
+    v = v_ref[pl.ds(j * block_k, block_k), :]
+    s = jnp.dot(q, k.T, preferred_element_type=jnp.float32) * scale
     keys = j * block_k + jax.lax.broadcasted_iota(jnp.int32, (bq, block_k), 1)
     s = jnp.where(keys < ends[:, None], s, NEG_INF)
     m_new = jnp.maximum(m, s.max(axis=1))
     p = jnp.where(keys < ends[:, None], jnp.exp(s - m_new[:, None]), 0.0)
     corr = jnp.exp(m - m_new)
-    return m_new, l * corr + p.sum(axis=1), acc * corr[:, None] + jnp.dot(p, v)
+    pv = jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return m_new, l * corr + p.sum(axis=1), acc * corr[:, None] + pv
 
   init = (jnp.full((bq,), NEG_INF, jnp.float32), jnp.zeros((bq,), jnp.float32),
           jnp.zeros(q.shape, jnp.float32))
@@ -76,21 +78,20 @@ def _fwd_kernel(n_kv_ref, ends_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, bloc
 def _dq_kernel(n_kv_ref, ends_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, *,
                block_k, scale):
   qi = pl.program_id(2)
-  q = q_ref[...].astype(jnp.float32)
-  do = do_ref[...].astype(jnp.float32)
+  q, do = q_ref[...], do_ref[...]
   lse, delta, ends = lse_ref[...], delta_ref[...], ends_ref[...]
   bq = q.shape[0]
 
   def body(j, dq):
-    k = k_ref[pl.ds(j * block_k, block_k), :].astype(jnp.float32)
-    v = v_ref[pl.ds(j * block_k, block_k), :].astype(jnp.float32)
+    k = k_ref[pl.ds(j * block_k, block_k), :]
+    v = v_ref[pl.ds(j * block_k, block_k), :]
     keys = j * block_k + jax.lax.broadcasted_iota(jnp.int32, (bq, block_k), 1)
     ok = keys < ends[:, None]
-    s = jnp.dot(q * scale, k.T, preferred_element_type=jnp.float32)
+    s = jnp.dot(q, k.T, preferred_element_type=jnp.float32) * scale
     p = jnp.where(ok, jnp.exp(jnp.where(ok, s, 0.0) - lse[:, None]), 0.0)
     dp = jnp.dot(do, v.T, preferred_element_type=jnp.float32)
     ds = p * (dp - delta[:, None])
-    return dq + jnp.dot(ds, k) * scale
+    return dq + jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32) * scale
 
   dq = jax.lax.fori_loop(0, n_kv_ref[qi], body, jnp.zeros(q.shape, jnp.float32))
   dq_ref[...] = dq.astype(dq_ref.dtype)
@@ -99,24 +100,22 @@ def _dq_kernel(n_kv_ref, ends_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_r
 def _dkv_kernel(first_q_ref, ends_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref,
                 dk_ref, dv_ref, *, block_q, scale, num_q_blocks):
   kb = pl.program_id(2)
-  k = k_ref[...].astype(jnp.float32)  # [bk, K]
-  v = v_ref[...].astype(jnp.float32)
+  k, v = k_ref[...], v_ref[...]  # [bk, K]
   bk = k.shape[0]
 
   def body(i, carry):
     dk, dv = carry
     rows = pl.ds(i * block_q, block_q)
-    q = q_ref[rows, :].astype(jnp.float32)
-    do = do_ref[rows, :].astype(jnp.float32)
+    q, do = q_ref[rows, :], do_ref[rows, :]
     lse, delta, ends = lse_ref[rows], delta_ref[rows], ends_ref[rows]
     keys = kb * bk + jax.lax.broadcasted_iota(jnp.int32, (block_q, bk), 1)
     ok = keys < ends[:, None]
-    s = jnp.dot(q * scale, k.T, preferred_element_type=jnp.float32)
+    s = jnp.dot(q, k.T, preferred_element_type=jnp.float32) * scale
     p = jnp.where(ok, jnp.exp(jnp.where(ok, s, 0.0) - lse[:, None]), 0.0)
-    dv = dv + jnp.dot(p.T, do)
+    dv = dv + jnp.dot(p.astype(do.dtype).T, do, preferred_element_type=jnp.float32)
     dp = jnp.dot(do, v.T, preferred_element_type=jnp.float32)
     ds = p * (dp - delta[:, None])
-    return dk + jnp.dot(ds.T, q) * scale, dv
+    return dk + jnp.dot(ds.astype(q.dtype).T, q, preferred_element_type=jnp.float32) * scale, dv
 
   zeros = jnp.zeros(k.shape, jnp.float32)
   dk, dv = jax.lax.fori_loop(first_q_ref[kb], num_q_blocks, body, (zeros, zeros))
