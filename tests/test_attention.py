@@ -304,3 +304,35 @@ def test_kernel_matmuls_take_the_input_dtype_and_accumulate_in_fp32(layout, dtyp
   # forward: q k^T, p v; dq: q k^T, do v^T, ds k; dk/dv: q k^T, p^T do, do v^T, ds^T q
   assert len(matmuls) == 9
   assert set(matmuls) == {((dtype, dtype), "float32")}
+
+
+@pytest.mark.parametrize("pn, block, tuning_blocks, dtype", [
+    ((1, 2, 3, 4, 5, 6, 8), 16, (8, 8), jnp.float32),
+    ((1, 2, 3, 4, 5, 6, 8), 16, (8, 16), jnp.bfloat16),
+    (scales.SCHEDULES["256"], 128, (32, 32), jnp.float32),  # GPU_TUNING on L = 680 -> 768
+])
+def test_gpu_layout_with_smaller_backward_blocks_matches_xla(pn, block, tuning_blocks, dtype):
+  """The backward plans its own (smaller) blocks on the forward's padding."""
+  from varjax.kernels.block_sparse import TritonTuning, block_sparse_attention
+  tuning = TritonTuning(*tuning_blocks)
+  length = scales.num_tokens(pn)
+  q, k, v = (jax.random.normal(jax.random.key(i), (2, length, 2, 64), dtype) for i in range(3))
+  ct = jax.random.normal(jax.random.key(7), (2, length, 2, 64))
+  up = lambda x: x.astype(jnp.float32)
+  run = lambda q, k, v: block_sparse_attention(q, k, v, pn, block_q=block, block_k=block,
+                                               tuning=tuning)
+  ref = lambda q, k, v: attn.attention(up(q), up(k), up(v), pn, impl="xla")
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  loss = lambda fn: lambda q, k, v: jnp.sum(up(fn(q, k, v)) * ct)
+  for g, r in zip(jax.grad(loss(run), (0, 1, 2))(q, k, v), jax.grad(loss(ref), (0, 1, 2))(q, k, v)):
+    assert _max_rel_err(g, r) <= tol
+
+
+def test_backward_blocks_that_do_not_divide_the_padding_are_refused():
+  from varjax.kernels.block_sparse import TritonTuning, block_sparse_attention
+  pn = (1, 2, 3, 4)
+  x = jnp.ones((1, 30, 2, 16))
+  run = lambda q: block_sparse_attention(q, x, x, pn, block_q=16, block_k=16,
+                                         tuning=TritonTuning(12, 12))
+  with pytest.raises(ValueError, match=r"blocks \(12, 12\) must divide the padded length 32"):
+    jax.grad(lambda q: jnp.sum(run(q)))(x)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import pytest
 from jax._src.mesh import AbstractDevice, AbstractMesh  # no public constructor yet
 
-from varjax.kernels.block_sparse import block_sparse_attention
+from varjax.kernels.block_sparse import GPU_TUNING, block_sparse_attention
 from varjax.kernels.block_sparse_tpu import block_sparse_attention_tpu
 from varjax.kernels.splash import splash_attention
 from varjax.models import scales
@@ -39,8 +39,11 @@ def test_tpu_kernel_lowers_to_mosaic(kind, dtype):
   assert text.count("tpu_custom_call") >= 3
 
 
-def test_gpu_layout_kernel_is_rejected_by_mosaic():
-  """Why there are two layouts: the loop-over-refs kernel breaks Mosaic's tiling rule."""
+def test_gpu_layout_kernel_is_rejected_by_mosaic(monkeypatch):
+  """Why there are two layouts: the loop-over-refs kernel breaks Mosaic's tiling rule.
+  (Its Triton launch settings are dropped here; Pallas would refuse those first.)"""
+  from varjax.kernels.block_sparse import TritonTuning
+  monkeypatch.setattr(TritonTuning, "compiler_params", lambda *_: None)
   fn = lambda q, k, v: block_sparse_attention(q, k, v, PN, interpret=False)
   with pytest.raises(ValueError, match="divisible by 8 and 128"):
     _lower(fn, "tpu", "TPU v5 lite", 1, jnp.bfloat16)
@@ -48,9 +51,14 @@ def test_gpu_layout_kernel_is_rejected_by_mosaic():
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
 def test_gpu_kernel_lowers_to_triton_for_h100(dtype):
-  fn = lambda q, k, v: block_sparse_attention(q, k, v, PN, interpret=False)
+  """With the launch settings `attention(impl="pallas")` uses on a GPU: 128-wide forward
+  blocks, 32-wide backward blocks, 4 warps, 2 stages."""
+  fn = lambda q, k, v: block_sparse_attention(q, k, v, PN, interpret=False, tuning=GPU_TUNING)
   text = _lower(fn, "cuda", "NVIDIA H100 80GB HBM3", 132, dtype)
-  assert text.count("__gpu$xla.gpu.triton") >= 3
+  assert text.count("__gpu$xla.gpu.triton") == 3
+  assert text.count("num_warps = 4") == 3 and text.count("num_stages = 2") == 3
+  # forward grid (B, H, 768 / 128); dq (B, H, 768 / 32); dk/dv likewise over key blocks
+  assert "grid_z = 6" in text and text.count("grid_z = 24") == 2
 
 
 def test_splash_lowers_to_mosaic():

@@ -58,8 +58,12 @@ def attention(q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, v_BxLxHxK: jax.Array,
   if impl == "pallas":
     from varjax.kernels.block_sparse import block_sparse_attention
     block = pallas_block(length)
+    from varjax.kernels.block_sparse import GPU_TUNING, TritonTuning
+    # Interpret mode (CPU) keeps the forward's blocks: smaller backward blocks would only
+    # multiply the interpreter's steps.
+    tuning = GPU_TUNING if jax.default_backend() == "gpu" else TritonTuning()
     return block_sparse_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, patch_nums, scale=scale,
-                                  block_q=block, block_k=block)
+                                  block_q=block, block_k=block, tuning=tuning)
   if impl == "cudnn":
     return jax.nn.dot_product_attention(
         q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask=jnp.asarray(allowed_LxL)[None, None],

@@ -19,25 +19,54 @@ for an abstract H100. It has not been compiled to PTX or run on a GPU yet.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
 
 from varjax.kernels import mask as mask_lib
 
 NEG_INF = -1e30  # finite, so fully masked rows stay NaN-free
 
 
-def plan(patch_nums, block_q: int, block_k: int):
+@dataclasses.dataclass(frozen=True)
+class TritonTuning:
+  """Launch settings of the GPU layout; interpret mode ignores the Triton ones.
+
+  Defaults follow JAX's own Pallas GPU flash attention (jax.experimental.pallas.ops.gpu):
+  4 warps for head dim <= 64 (else 8), 2 pipeline stages, and backward blocks of 32 while
+  the forward uses the caller's (128 on the real schedules); smaller backward blocks keep
+  the dk/dv kernel's four accumulators and score tiles in registers. Not yet tuned on
+  hardware (no GPU has been lent to this project)."""
+  block_q_bwd: int | None = None  # None: the forward's block sizes
+  block_k_bwd: int | None = None
+  num_warps: int | None = None  # None: 4 for head dim <= 64, else 8
+  num_stages: int = 2
+
+  def compiler_params(self, head_dim: int, interpret) -> plgpu.CompilerParams | None:
+    if interpret is not False:  # JAX's TPU interpreter accepts only Mosaic's params
+      return None
+    warps = self.num_warps or (4 if head_dim <= 64 else 8)
+    return plgpu.CompilerParams(num_warps=warps, num_stages=self.num_stages)
+
+
+GPU_TUNING = TritonTuning(block_q_bwd=32, block_k_bwd=32)
+
+
+def plan(patch_nums, block_q: int, block_k: int, padded_length: int | None = None):
   """(L, padded Lp, ends int32[Lp] (0 for pad rows), n_kv int32[nq] key blocks each query
   block visits, first_q int32[nk] first query block seeing each key block, nq if none);
-  both kernel layouts use it."""
+  both kernel layouts use it. `padded_length` (a multiple of both blocks) lets the backward
+  use smaller blocks on the forward's padding."""
   ends = mask_lib.key_prefix_end(patch_nums)
   length = len(ends)
-  lp = mask_lib.padded_length(length, max(block_q, block_k))
+  lp = padded_length or mask_lib.padded_length(length, max(block_q, block_k))
+  if lp % block_q or lp % block_k:
+    raise ValueError(f"blocks ({block_q}, {block_k}) must divide the padded length {lp}")
   ends_p = np.zeros(lp, np.int32)
   ends_p[:length] = ends
   n_kv = np.array([-(-int(ends_p[i:i + block_q].max()) // block_k)
@@ -123,13 +152,9 @@ def _dkv_kernel(first_q_ref, ends_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, del
   dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
-def _specs(b_h_block, length_block, head_dim):
-  return pl.BlockSpec((None, None, length_block, head_dim), b_h_block)
-
-
-def _forward(q, k, v, patch_nums, scale, block_q, block_k, interpret):
+def _forward(q, k, v, patch_nums, scale, block_q, block_k, interpret, tuning):
   B, H, Lp, K = q.shape
-  _, _, ends, n_kv, _ = plan(patch_nums, block_q, block_k)
+  _, _, ends, n_kv, _ = plan(patch_nums, block_q, block_k, Lp)
   nq = Lp // block_q
   full = pl.BlockSpec((None, None, Lp, K), lambda b, h, i: (b, h, 0, 0))
   o, lse = pl.pallas_call(
@@ -143,15 +168,17 @@ def _forward(q, k, v, patch_nums, scale, block_q, block_k, interpret):
                  pl.BlockSpec((None, None, block_q), lambda b, h, i: (b, h, i))],
       out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
                  jax.ShapeDtypeStruct((B, H, Lp), jnp.float32)],
+      compiler_params=tuning.compiler_params(K, interpret),
       interpret=interpret,
   )(jnp.asarray(n_kv), jnp.asarray(ends), q, k, v)
   return o, lse
 
 
-def _bwd_rule(patch_nums, scale, block_q, block_k, interpret, res, do):
+def _bwd_rule(patch_nums, scale, block_q, block_k, interpret, tuning, res, do):
   q, k, v, o, lse = res
   B, H, Lp, K = q.shape
-  _, _, ends, n_kv, first_q = plan(patch_nums, block_q, block_k)
+  block_q, block_k = tuning.block_q_bwd or block_q, tuning.block_k_bwd or block_k
+  _, _, ends, n_kv, first_q = plan(patch_nums, block_q, block_k, Lp)
   nq, nk = Lp // block_q, Lp // block_k
   delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)  # [B, H, Lp]
   full = pl.BlockSpec((None, None, Lp, K), lambda b, h, i: (b, h, 0, 0))
@@ -166,6 +193,7 @@ def _bwd_rule(patch_nums, scale, block_q, block_k, interpret, res, do):
                 q_block, full, full, q_block, q_vec, q_vec],
       out_specs=q_block,
       out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+      compiler_params=tuning.compiler_params(K, interpret),
       interpret=interpret,
   )(jnp.asarray(n_kv), jnp.asarray(ends), q, k, v, do, lse, delta)
   k_block = pl.BlockSpec((None, None, block_k, K), lambda b, h, j: (b, h, j, 0))
@@ -177,6 +205,7 @@ def _bwd_rule(patch_nums, scale, block_q, block_k, interpret, res, do):
                 full, k_block, k_block, full, full_vec, full_vec],
       out_specs=[k_block, k_block],
       out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+      compiler_params=tuning.compiler_params(K, interpret),
       interpret=interpret,
   )(jnp.asarray(first_q), jnp.asarray(ends), q, k, v, do, lse, delta)
   return dq, dk, dv
@@ -185,11 +214,12 @@ def _bwd_rule(patch_nums, scale, block_q, block_k, interpret, res, do):
 def differentiable(forward, backward):
   """The custom-VJP attention on padded [B, H, Lp, K] arrays from a kernel pair:
   forward(q, k, v, *static) -> (o, lse), backward(*static, (q, k, v, o, lse), do) ->
-  (dq, dk, dv); static = (patch_nums, scale, block_q, block_k, interpret). Shared by both
+  (dq, dk, dv); static = (patch_nums, scale, block_q, block_k, interpret, tuning), tuning
+  a hashable layout-specific setting (`TritonTuning` here, None on TPU). Shared by both
   layouts."""
-  @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
-  def attention_bhlk(q, k, v, patch_nums, scale, block_q, block_k, interpret):
-    return forward(q, k, v, patch_nums, scale, block_q, block_k, interpret)[0]
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8))
+  def attention_bhlk(q, k, v, patch_nums, scale, block_q, block_k, interpret, tuning):
+    return forward(q, k, v, patch_nums, scale, block_q, block_k, interpret, tuning)[0]
 
   def forward_with_residuals(q, k, v, *static):
     o, lse = forward(q, k, v, *static)
@@ -200,18 +230,19 @@ def differentiable(forward, backward):
 
 
 def run_padded(attention_bhlk, q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, patch_nums, scale: float,
-               block_q: int, block_k: int, interpret):
+               block_q: int, block_k: int, interpret, tuning=None):
   """Checks the shapes, pads L to the block size, runs [B, H, Lp, K] attention, unpads."""
   B, L, H, K = q_BxLxHxK.shape
-  length, lp, _, _, _ = plan(tuple(patch_nums), block_q, block_k)
+  try:
+    length, lp, _, _, _ = plan(tuple(patch_nums), block_q, block_k)
+  except ValueError:
+    raise ValueError("block_q and block_k must divide each other's multiples; use equal "
+                     "sizes or powers of two") from None
   if length != L:
     raise ValueError(f"sequence has {L} tokens but the schedule has {length}")
-  if lp % block_q or lp % block_k:
-    raise ValueError("block_q and block_k must divide each other's multiples; use equal "
-                     "sizes or powers of two")
   pad = lambda x: jnp.pad(x, ((0, 0), (0, lp - L), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
   o = attention_bhlk(pad(q_BxLxHxK), pad(k_BxLxHxK), pad(v_BxLxHxK), tuple(patch_nums),
-                     float(scale), block_q, block_k, interpret)
+                     float(scale), block_q, block_k, interpret, tuning)
   return o.transpose(0, 2, 1, 3)[:, :L]
 
 
@@ -220,12 +251,14 @@ _attention_bhlk = differentiable(_forward, _bwd_rule)
 
 def block_sparse_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, patch_nums, *, scale: float = 1.0,
                            block_q: int = 128, block_k: int = 128,
-                           interpret=None):
+                           tuning: TritonTuning = TritonTuning(), interpret=None):
   """Scale-causal attention with our Pallas kernels; pads L to the block size internally.
 
-  `interpret`: None (interpret on CPU only), a bool, or `pltpu.InterpretParams()` to run
-  the kernels in JAX's TPU interpreter, which follows Mosaic's memory semantics."""
+  `tuning`: backward block sizes and Triton launch settings (`GPU_TUNING` is what
+  `attention(impl="pallas")` uses on a GPU); the backward blocks must divide the padded
+  length. `interpret`: None (interpret on CPU only), a bool, or `pltpu.InterpretParams()`
+  to run the kernels in JAX's TPU interpreter, which follows Mosaic's memory semantics."""
   if interpret is None:
     interpret = jax.default_backend() == "cpu"
   return run_padded(_attention_bhlk, q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, patch_nums, scale,
-                    block_q, block_k, interpret)
+                    block_q, block_k, interpret, tuning)

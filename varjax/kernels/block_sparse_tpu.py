@@ -181,7 +181,8 @@ def _query_major_specs(block_q, block_k, head_dim):
           pl.BlockSpec((None, None, block_q, 1), _row_block))
 
 
-def _forward(q, k, v, patch_nums, scale, block_q, block_k, interpret):
+def _forward(q, k, v, patch_nums, scale, block_q, block_k, interpret, tuning):
+  del tuning  # the GPU layout's launch settings; Mosaic's come from the block specs
   B, H, Lp, K = q.shape
   _, _, ends, n_kv, first_q = block_sparse.plan(patch_nums, block_q, block_k)
   ends_spec, q_spec, kv_spec, row_vec = _query_major_specs(block_q, block_k, K)
@@ -194,7 +195,8 @@ def _forward(q, k, v, patch_nums, scale, block_q, block_k, interpret):
       (n_kv, first_q), interpret, jnp.asarray(ends).reshape(Lp, 1), q, k, v)
 
 
-def _bwd_rule(patch_nums, scale, block_q, block_k, interpret, res, do):
+def _bwd_rule(patch_nums, scale, block_q, block_k, interpret, tuning, res, do):
+  del tuning
   q, k, v, o, lse = res
   B, H, Lp, K = q.shape
   _, _, ends, n_kv, first_q = block_sparse.plan(patch_nums, block_q, block_k)
