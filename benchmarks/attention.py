@@ -8,8 +8,13 @@ On CPU, `pallas` and `splash` run in interpret mode: those timings measure the i
 not the kernels, and are printed only with --interpret (they are slow). On GPU/TPU every
 available implementation is timed.
 
+--tune (GPU) times our Pallas kernel, forward + backward, at VAR-512 d16 (VAR-256 with
+--quick) under a grid of Triton launch settings (forward block, backward block, warps) and
+prints them fastest first next to the default `GPU_TUNING`; nothing on a GPU has chosen
+that default yet.
+
 Usage: python benchmarks/attention.py [--json] [--batch 1] [--repeats 3] [--quick]
-         [--backward] [--interpret] [--impls xla,pallas]
+         [--backward] [--interpret] [--impls xla,pallas] [--tune]
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from varjax.kernels import attention as attn
+from varjax.kernels import block_sparse
 from varjax.kernels import mask as mask_lib
 from varjax.models import scales
 
@@ -49,14 +55,20 @@ def useful_flops(patch_nums, batch: int, heads: int, head_dim: int, backward: bo
 
 
 def time_impl(impl, patch_nums, batch, heads, dtype, backward, repeats) -> float:
+  run = lambda q, k, v: attn.attention(q, k, v, patch_nums, impl=impl)
+  return time_fn(run, patch_nums, batch, heads, dtype, backward, repeats)
+
+
+def time_fn(run, patch_nums, batch, heads, dtype, backward, repeats) -> float:
+  """Median seconds of jitted run(q, k, v) (or its gradient) after one compiling call."""
   length = scales.num_tokens(patch_nums)
   q, k, v = (jax.random.normal(jax.random.key(i), (batch, length, heads, 64), dtype)
              for i in range(3))
   if backward:
-    fn = jax.jit(jax.grad(lambda q, k, v: jnp.sum(
-        attn.attention(q, k, v, patch_nums, impl=impl).astype(jnp.float32)), (0, 1, 2)))
+    fn = jax.jit(jax.grad(lambda q, k, v: jnp.sum(run(q, k, v).astype(jnp.float32)),
+                          (0, 1, 2)))
   else:
-    fn = jax.jit(lambda q, k, v: attn.attention(q, k, v, patch_nums, impl=impl))
+    fn = jax.jit(run)
   jax.block_until_ready(fn(q, k, v))  # compile
   times = []
   for _ in range(repeats):
@@ -64,6 +76,30 @@ def time_impl(impl, patch_nums, batch, heads, dtype, backward, repeats) -> float
     jax.block_until_ready(fn(q, k, v))
     times.append(time.perf_counter() - start)
   return float(np.median(times))
+
+
+# (forward block, backward block, warps); 2 pipeline stages throughout.
+TUNING_GRID = [(f, b, w) for f in (64, 128) for b in (32, 64, 128) if b <= f for w in (4, 8)]
+
+
+def tune(args, dtype) -> list[dict]:
+  """Our GPU-layout kernel, forward + backward, under each launch setting of TUNING_GRID."""
+  shape, model = ("VAR-256", "d16") if args.quick else ("VAR-512", "d16")
+  pn, heads = SHAPES[shape], HEADS[model]
+  flops = useful_flops(pn, args.batch, heads, 64, backward=True)
+  default = block_sparse.GPU_TUNING
+  rows = []
+  for fwd, bwd, warps in TUNING_GRID:
+    tuning = block_sparse.TritonTuning(bwd, bwd, warps, default.num_stages)
+    run = lambda q, k, v: block_sparse.block_sparse_attention(
+        q, k, v, pn, block_q=fwd, block_k=fwd, tuning=tuning)
+    seconds = time_fn(run, pn, args.batch, heads, dtype, True, args.repeats)
+    rows.append({"shape": shape, "model": model, "block": fwd, "block_bwd": bwd,
+                 "num_warps": warps, "num_stages": default.num_stages, "ms": 1e3 * seconds,
+                 "useful_tflops": flops / seconds / 1e12,
+                 "default": (fwd, bwd, warps) == (attn.pallas_block(scales.num_tokens(pn)),
+                                                  default.block_q_bwd, default.num_warps or 4)})
+  return sorted(rows, key=lambda r: r["ms"])
 
 
 def main() -> None:
@@ -76,10 +112,30 @@ def main() -> None:
                       help="on CPU also time the Pallas kernels in interpret mode")
   parser.add_argument("--quick", action="store_true", help="VAR-256 at d16 only")
   parser.add_argument("--impls", default=None, help="comma-separated subset")
+  parser.add_argument("--tune", action="store_true",
+                      help="time the Pallas kernel's Triton launch settings (GPU)")
   parser.add_argument("--json", action="store_true")
   args = parser.parse_args()
   backend = jax.default_backend()
   dtype = jnp.dtype(args.dtype or ("float32" if backend == "cpu" else "bfloat16"))
+  if args.tune:
+    if backend != "gpu" and not args.interpret:
+      parser.error("--tune times Triton launch settings: run it on a GPU (or add "
+                   "--interpret to check the code path on CPU)")
+    rows = tune(args, dtype)
+    if args.json:
+      print(json.dumps({"device": jax.devices()[0].device_kind, "dtype": str(dtype),
+                        "batch": args.batch, "rows": rows}, indent=2))
+      return
+    print(f"pallas launch settings on {jax.devices()[0].device_kind}, {dtype}, batch "
+          f"{args.batch}, forward+backward, {rows[0]['shape']} {rows[0]['model']}")
+    print(f"{'block':>5} {'bwd':>4} {'warps':>5} {'ms':>10} {'TFLOP/s':>9}")
+    for r in rows:
+      print(f"{r['block']:5d} {r['block_bwd']:4d} {r['num_warps']:5d} {r['ms']:10.2f} "
+            f"{r['useful_tflops']:9.4f}{'  <- default' if r['default'] else ''}")
+    if backend != "gpu":
+      print("note: interpret mode; these are not kernel speeds")
+    return
   impls = args.impls.split(",") if args.impls else available(args.interpret)
   rows = []
   for shape, pn in SHAPES.items():
