@@ -9,7 +9,7 @@ from analysis.compute_optimal import (Allocation, approach1, approach2, chinchil
                                       wall_time_hours)
 from analysis.fitting import Fit, fit_law
 from analysis.laws import (ANNEALING, CHINCHILLA, LOSS_TO_FID, OVERTRAIN, Law, annealing_areas,
-                           pure_power_law, saturating_power_law)
+                           pure_power_law, saturating_power_law, with_floor)
 from analysis.runs import load_metrics, load_runs
 from analysis.uncertainty import Backtest, Bootstrap, bootstrap, leave_largest_out
 from analysis.validate import AnalysisError
@@ -27,4 +27,5 @@ __all__ = [
     "Backtest", "Bootstrap", "Fit", "Law", "annealing_areas", "approach1", "approach2",
     "bootstrap", "chinchilla_allocation", "fit_law", "leave_largest_out", "load_metrics",
     "load_runs", "pure_power_law", "reference_data", "saturating_power_law", "wall_time_hours",
+    "with_floor",
 ]

@@ -117,12 +117,40 @@ def predictions(fit: Fit, boot: Bootstrap | None, points) -> list[dict]:
   return out
 
 
-def fit_report(law_name: str, inputs, y, args) -> tuple[Fit, Bootstrap | None, dict]:
+# A fitted floor under this fraction of the lowest observed loss means the runs show none.
+FLOOR_FRACTION = 0.01
+
+
+def fit_lnd(law_name: str, inputs, y, args) -> tuple[Fit, list[str]]:
+  """Fits an L(N, D) law, with E fixed when --fix-e is given; returns the fit and warnings
+  about what the data cannot tell (reports carry them under `warnings`)."""
   law = laws.LND_LAWS[law_name]
+  if args.fix_e is not None:
+    lowest = float(np.nanmin(y))
+    if not 0 < args.fix_e < lowest:
+      raise AnalysisError(f"--fix-e {args.fix_e:g}: E must be positive and below the lowest "
+                          f"observed loss ({lowest:.4g})")
+    law = laws.with_floor(law, args.fix_e)
   fit = fit_law(law, inputs, y)
+  notes = []
+  floor, lowest = fit.params["E"], float(np.min(fit.y))
+  if args.fix_e is None and floor < FLOOR_FRACTION * lowest:
+    notes.append(
+        f"{law.name}: E fitted to {floor:.3g}, under {FLOOR_FRACTION:.0%} of the lowest loss "
+        f"({lowest:.4g}): these runs show no floor, so the law is a sum of power laws whose "
+        f"forecasts fall toward 0 far from the data (optimistic). Add larger or longer runs, "
+        f"or fix the floor with --fix-e (from a larger study or the data's entropy).")
+  return fit, notes
+
+
+def fit_report(law_name: str, inputs, y, args) -> tuple[Fit, Bootstrap | None, dict]:
+  fit, notes = fit_lnd(law_name, inputs, y, args)
+  law = fit.law
   report = {"law": law.name, "formula": law.formula, **fit.params,
             "objective": fit.objective, "num_points": int(len(y)),
             "num_starts": fit.num_starts, "converged": fit.converged}
+  if notes:
+    report["warnings"] = notes
   alloc = allocation_of(fit)
   report["allocation"] = alloc.to_dict()
   boot = None
@@ -175,7 +203,7 @@ def cmd_forecast(args) -> dict:
   table = read_table(args)
   inputs = nd_inputs(table, args)
   y = column(table, args.loss_col, "--loss-col")
-  fit = fit_law(laws.LND_LAWS[args.law], inputs, y)
+  fit, notes = fit_lnd(args.law, inputs, y, args)
   boot = bootstrap(fit, args.bootstrap or 200, seed=args.seed)
   points = parse_at(args.at)
   alloc = allocation_of(fit)
@@ -183,6 +211,8 @@ def cmd_forecast(args) -> dict:
     n = float(alloc.n_opt(c))
     points.append({"N": n, "D": c / (6 * n), "C": c})
   report = {"law": fit.law.name, **fit.params, "predict": predictions(fit, boot, points)}
+  if notes:
+    report["warnings"] = notes
   if args.fid_col:
     report["fid"] = fid_forecast(table, y, args, [p["loss"] for p in report["predict"]])
   return report
@@ -211,7 +241,8 @@ def cmd_plan(args) -> dict:
           "tokens_per_param": row["D"] / row["N"], "loss": row["loss"],
           "loss_interval_95": row.get("interval_95"), "extrapolation": row["extrapolation"],
           "fid": report.get("fid"), "accelerator": args.accelerator, "mfu": args.mfu,
-          "chips": args.chips, "wall_time_hours": hours, "law": report["law"]}
+          "chips": args.chips, "wall_time_hours": hours, "law": report["law"],
+          **({"warnings": report["warnings"]} if "warnings" in report else {})}
 
 
 def cmd_report(args) -> dict:
@@ -253,6 +284,8 @@ def _data_args(p, registry_defaults: bool = False):
                  help="drop the K highest-loss rows first (Epoch drops 5 on Chinchilla)")
   p.add_argument("--bootstrap", type=int, default=0, metavar="K", help="bootstrap replicates")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--fix-e", type=float, default=None, metavar="E",
+                 help="fix the irreducible loss E of an L(N, D) law instead of fitting it")
   p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -296,7 +329,10 @@ def _print(report: dict, as_json: bool) -> None:
     print(json.dumps(report, indent=2, default=float))
     return
   for key, value in report.items():
-    if isinstance(value, float):
+    if key == "warnings":
+      for note in value:
+        print(f"{'warning':>22}: {note}")
+    elif isinstance(value, float):
       print(f"{key:>22}: {value:.6g}")
     else:
       print(f"{key:>22}: {json.dumps(value, default=float)}")

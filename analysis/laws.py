@@ -96,6 +96,25 @@ OVERTRAIN = Law(
 LND_LAWS = {"chinchilla": CHINCHILLA, "overtrain": OVERTRAIN}
 
 
+def with_floor(law: Law, floor: float) -> Law:
+  """`law` with its irreducible loss E fixed at `floor` (internal e = log E): E is not
+  fitted, and `public` still reports it. For runs too small to show a floor, E can come
+  from a larger study or the data's entropy; the other parameters are then fitted given it.
+  """
+  if "e" not in law.theta_names:
+    raise ValueError(f"{law.name} has no irreducible term E to fix")
+  i = law.theta_names.index("e")
+  e = float(np.log(floor))
+  full_j = lambda t: jnp.concatenate([t[:i], jnp.full((1,), e, t.dtype), t[i:]])
+  full_np = lambda t: np.concatenate([t[:i], [e], t[i:]])
+  return dataclasses.replace(
+      law, formula=f"{law.formula},  E = {floor:g} fixed",
+      theta_names=law.theta_names[:i] + law.theta_names[i + 1:],
+      log_predict=lambda t, f: law.log_predict(full_j(t), f),
+      public=lambda t: law.public(full_np(np.asarray(t))),
+      start_grid=lambda: np.unique(np.delete(law.start_grid(), i, axis=1), axis=0))
+
+
 # ---------------------------------------------------------------- one-variable laws
 
 def saturating_power_law(x: str = "C", y: str = "loss") -> Law:

@@ -157,6 +157,34 @@ def test_missing_inputs_are_one_clear_line(tmp_path):
   assert out.returncode == 2 and "does not exist" in out.stderr
 
 
+def test_a_fit_without_a_floor_is_flagged_and_the_floor_can_be_fixed(tmp_path):
+  """Runs with no floor (pure power laws, as on tiny runs) fit E ~ 0: a warning says so.
+  Fixing E at the truth recovers the exponents; the free fit of runs with a floor has no
+  warning."""
+  table = synthetic_table()
+  path = tmp_path / "floor.csv"
+  table.to_csv(path, index=False)
+  (tmp_path / "nofloor.csv").write_text(
+      table.assign(loss=table["loss"] - TRUE["E"]).to_csv(index=False))
+  args = ("--d-col", "tokens", "--no-backtest", "--json")
+  out = analysis("fit", "--csv", str(tmp_path / "nofloor.csv"), *args)
+  assert out.returncode == 0, out.stderr
+  report = json.loads(out.stdout)
+  assert report["E"] < 1e-2 * table["loss"].min()
+  assert len(report["warnings"]) == 1 and "show no floor" in report["warnings"][0]
+  text = analysis("fit", "--csv", str(tmp_path / "nofloor.csv"), *args[:-1]).stdout
+  assert "warning: chinchilla: E fitted to" in text
+  free = analysis("fit", "--csv", str(path), *args)
+  assert "warnings" not in json.loads(free.stdout)
+  fixed = json.loads(analysis("fit", "--csv", str(path), "--fix-e", "1.9", *args).stdout)
+  assert fixed["E"] == pytest.approx(1.9) and "E = 1.9 fixed" in fixed["formula"]
+  assert abs(fixed["alpha"] - TRUE["alpha"]) <= 0.01 and abs(fixed["beta"] - TRUE["beta"]) <= 0.01
+  bad = analysis("forecast", "--csv", str(path), "--d-col", "tokens", "--fix-e", "9",
+                 "--at", "N=1e10,D=1e11")
+  assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+  assert "E must be positive and below the lowest observed loss" in bad.stderr
+
+
 def test_wall_time_rejects_bad_settings():
   from analysis import AnalysisError
   with pytest.raises(AnalysisError, match="unknown accelerator"):

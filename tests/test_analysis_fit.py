@@ -68,6 +68,29 @@ def test_bootstrap_seeded_refits_equal_full_grid_refits(chinchilla_fit):
     np.testing.assert_allclose(boot.thetas_KxP[k], refit.theta, rtol=1e-5, atol=1e-6)
 
 
+def test_fixed_floor_fit_against_the_free_optimum_and_scipy(chinchilla_fit):
+  """E fixed at the free fit's E gives back the free fit; E fixed at Hoffmann et al.'s
+  published 1.69 reaches scipy's optimum of the same objective."""
+  from analysis.fitting import huber
+  from analysis.laws import with_floor
+  inputs, loss = chinchilla_points()
+  free = chinchilla_fit.params
+  same = fit_law(with_floor(CHINCHILLA, free["E"]), inputs, loss)
+  assert same.law.theta_names == ("a", "b", "alpha", "beta") and same.num_starts == 900
+  for key in ("A", "B", "alpha", "beta"):
+    assert abs(same.params[key] / free[key] - 1) <= 1e-4, key
+  law = with_floor(CHINCHILLA, 1.69)
+  fixed = fit_law(law, inputs, loss)
+  assert fixed.params["E"] == pytest.approx(1.69, rel=1e-12)
+  obj = lambda t: float(np.sum(huber(np.log(law.predict(t, inputs)) - np.log(loss), 1e-3)))
+  starts = [*fixed.top_thetas, np.log([400.0, 400.0]).tolist() + [0.3, 0.3]]
+  ref = min((scipy.optimize.minimize(obj, s, method="Nelder-Mead",
+                                     options={"xatol": 1e-10, "fatol": 1e-16, "maxiter": 20000})
+             for s in starts), key=lambda r: r.fun)
+  assert fixed.objective <= ref.fun * (1 + 1e-6)
+  assert fixed.objective > chinchilla_fit.objective  # a constraint cannot fit better
+
+
 def test_batched_lbfgs_agrees_with_scipy():
   """Rosenbrock from many starts, and a saturating-law fit, against scipy's L-BFGS-B."""
   def rosen(x):
