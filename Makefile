@@ -95,6 +95,7 @@ bench: install
 	$(PY) benchmarks/fit_speed.py
 	$(PY) benchmarks/lanes.py
 	$(PY) benchmarks/attention.py
+	$(PY) benchmarks/attention.py --builds --quick
 	$(VENV)/bin/varjax bench train --model var-d4 --patch-nums 1,2,3,4,5,6,8 --batch 32 --json
 
 # make sweep SWEEP=sweeps/x.yaml [BACKEND=local|lanes|ray|tpu] [RUNS=a,b] [LIMIT=K]

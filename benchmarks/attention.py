@@ -10,11 +10,13 @@ available implementation is timed.
 
 --tune (GPU) times our Pallas kernel, forward + backward, at VAR-512 d16 (VAR-256 with
 --quick) under a grid of Triton launch settings (forward block, backward block, warps) and
-prints them fastest first next to the default `GPU_TUNING`; nothing on a GPU has chosen
-that default yet.
+prints them fastest first next to the default `GPU_TUNING` (chosen from sm_90 builds, not
+from timings). --builds (any machine, no GPU) builds the same grid for sm_90 with Triton
+and ptxas (`varjax.kernels.triton_aot`) and prints each kernel's registers, spills, shared
+memory and tensor-core instructions.
 
 Usage: python benchmarks/attention.py [--json] [--batch 1] [--repeats 3] [--quick]
-         [--backward] [--interpret] [--impls xla,pallas] [--tune]
+         [--backward] [--interpret] [--impls xla,pallas] [--tune | --builds]
 """
 
 from __future__ import annotations
@@ -97,9 +99,34 @@ def tune(args, dtype) -> list[dict]:
     rows.append({"shape": shape, "model": model, "block": fwd, "block_bwd": bwd,
                  "num_warps": warps, "num_stages": default.num_stages, "ms": 1e3 * seconds,
                  "useful_tflops": flops / seconds / 1e12,
-                 "default": (fwd, bwd, warps) == (attn.pallas_block(scales.num_tokens(pn)),
-                                                  default.block_q_bwd, default.num_warps or 4)})
+                 "default": _is_default(fwd, bwd, warps, pn)})
   return sorted(rows, key=lambda r: r["ms"])
+
+
+def _is_default(fwd, bwd, warps, patch_nums) -> bool:
+  default = block_sparse.GPU_TUNING
+  return (fwd, bwd, warps) == (attn.pallas_block(scales.num_tokens(patch_nums)),
+                               default.block_q_bwd, default.num_warps)
+
+
+def builds(args) -> list[dict]:
+  """sm_90 builds of forward + backward (bf16, head dim 64) for each TUNING_GRID setting."""
+  from varjax.kernels import triton_aot
+  shape = "VAR-256" if args.quick else "VAR-512"
+  pn, heads = SHAPES[shape], HEADS["d16"]
+  x = jax.ShapeDtypeStruct((args.batch, scales.num_tokens(pn), heads, 64), jnp.bfloat16)
+  rows = []
+  for fwd, bwd, warps in TUNING_GRID:
+    tuning = block_sparse.TritonTuning(bwd, bwd, warps, block_sparse.GPU_TUNING.num_stages)
+    run = lambda q, k, v: block_sparse.block_sparse_attention(
+        q, k, v, pn, block_q=fwd, block_k=fwd, interpret=False, tuning=tuning)
+    grad = jax.grad(lambda q, k, v: jnp.sum(run(q, k, v).astype(jnp.float32)), (0, 1, 2))
+    for build in triton_aot.compile_kernels(triton_aot.lower_for_gpu(grad, x, x, x)):
+      rows.append({"shape": shape, "block": fwd, "block_bwd": bwd, "num_warps": warps,
+                   "kernel": build.name.strip("_"), "registers": build.registers,
+                   "spill_bytes": build.stack_bytes, "shared_bytes": build.shared_bytes,
+                   "mma": sorted(build.mma), "default": _is_default(fwd, bwd, warps, pn)})
+  return rows
 
 
 def main() -> None:
@@ -114,10 +141,27 @@ def main() -> None:
   parser.add_argument("--impls", default=None, help="comma-separated subset")
   parser.add_argument("--tune", action="store_true",
                       help="time the Pallas kernel's Triton launch settings (GPU)")
+  parser.add_argument("--builds", action="store_true",
+                      help="build those settings for sm_90 and print registers and spills")
   parser.add_argument("--json", action="store_true")
   args = parser.parse_args()
   backend = jax.default_backend()
   dtype = jnp.dtype(args.dtype or ("float32" if backend == "cpu" else "bfloat16"))
+  if args.builds:
+    rows = builds(args)
+    if args.json:
+      print(json.dumps({"target": "sm_90", "batch": args.batch, "rows": rows}, indent=2))
+      return
+    print(f"pallas kernels built for sm_90 (triton + ptxas, no GPU), bf16, batch "
+          f"{args.batch}, {rows[0]['shape']} d16")
+    print(f"{'block':>5} {'bwd':>4} {'warps':>5} {'kernel':10} {'regs':>5} {'spill B':>8} "
+          f"{'shared B':>9}  tensor-core instructions")
+    for r in rows:
+      mma = ", ".join(m.replace(".sync.aligned", "") for m in r["mma"]) or "none"
+      print(f"{r['block']:5d} {r['block_bwd']:4d} {r['num_warps']:5d} {r['kernel']:10} "
+            f"{r['registers']:5d} {r['spill_bytes']:8d} {r['shared_bytes']:9d}  {mma}"
+            f"{'  <- default' if r['default'] else ''}")
+    return
   if args.tune:
     if backend != "gpu" and not args.interpret:
       parser.error("--tune times Triton launch settings: run it on a GPU (or add "

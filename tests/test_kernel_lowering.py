@@ -3,8 +3,10 @@
 JAX lowers for an abstract device (`jax.sharding.use_abstract_mesh`): the Pallas TPU
 lowering emits the Mosaic module and checks block shapes against the (8, 128) tiling
 rule, SMEM/VMEM placement and the ops Mosaic accepts; the GPU lowering emits Triton IR for
-the device's compute capability. What this cannot check is the backend compile itself
-(libtpu's Mosaic passes, ptxas): that needs the hardware.
+the device's compute capability. The GPU kernels are then built with the official Triton
+and its bundled ptxas for sm_90 (`varjax.kernels.triton_aot`), which checks registers,
+spills, shared memory and the tensor-core instructions. What this cannot check is libtpu's
+Mosaic compile, XLA's own Triton build, and speed: those need the hardware.
 """
 
 import jax
@@ -12,6 +14,7 @@ import jax.numpy as jnp
 import pytest
 from jax._src.mesh import AbstractDevice, AbstractMesh  # no public constructor yet
 
+from varjax.kernels import triton_aot
 from varjax.kernels.block_sparse import GPU_TUNING, block_sparse_attention
 from varjax.kernels.block_sparse_tpu import block_sparse_attention_tpu
 from varjax.kernels.splash import splash_attention
@@ -49,16 +52,50 @@ def test_gpu_layout_kernel_is_rejected_by_mosaic(monkeypatch):
     _lower(fn, "tpu", "TPU v5 lite", 1, jnp.bfloat16)
 
 
+def _gpu_gradient(patch_nums, dtype, tuning=GPU_TUNING, block=128):
+  """Forward + backward of our GPU-layout kernel lowered for an abstract H100."""
+  x = jax.ShapeDtypeStruct((2, scales.num_tokens(patch_nums), 16, 64), dtype)
+  fn = lambda q, k, v: block_sparse_attention(q, k, v, patch_nums, block_q=block,
+                                              block_k=block, interpret=False, tuning=tuning)
+  loss = lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32))
+  return triton_aot.lower_for_gpu(jax.grad(loss, (0, 1, 2)), x, x, x)
+
+
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
 def test_gpu_kernel_lowers_to_triton_for_h100(dtype):
-  """With the launch settings `attention(impl="pallas")` uses on a GPU: 128-wide forward
-  blocks, 32-wide backward blocks, 4 warps, 2 stages."""
-  fn = lambda q, k, v: block_sparse_attention(q, k, v, PN, interpret=False, tuning=GPU_TUNING)
-  text = _lower(fn, "cuda", "NVIDIA H100 80GB HBM3", 132, dtype)
-  assert text.count("__gpu$xla.gpu.triton") == 3
-  assert text.count("num_warps = 4") == 3 and text.count("num_stages = 2") == 3
-  # forward grid (B, H, 768 / 128); dq (B, H, 768 / 32); dk/dv likewise over key blocks
-  assert "grid_z = 6" in text and text.count("grid_z = 24") == 2
+  """With the launch settings `attention(impl="pallas")` uses on a GPU (GPU_TUNING)."""
+  kernels = triton_aot.triton_kernels(_gpu_gradient(PN, dtype))
+  assert [k["name"] for k in kernels] == ["_fwd_kernel", "_dq_kernel", "_dkv_kernel"]
+  assert {(k["num_warps"], k["num_stages"]) for k in kernels} == {(8, 2)}
+  # (B, H, blocks): forward over 768 / 128 query blocks, backward over 768 / 64 blocks
+  assert [k["grid"] for k in kernels] == [(2, 16, 6), (2, 16, 12), (2, 16, 12)]
+  assert all(k["ttir"].startswith("module @") and "tt.func" in k["ttir"] for k in kernels)
+
+
+@pytest.mark.parametrize("schedule", ["256", "512"])
+def test_gpu_kernels_build_for_sm90_on_bf16_tensor_cores_without_spills(schedule):
+  """Triton -> PTX -> cubin (ptxas) for sm_90: every matmul of the three kernels is a
+  Hopper wgmma on bf16, nothing spills, and shared memory fits what a block may use."""
+  builds = triton_aot.compile_kernels(_gpu_gradient(scales.SCHEDULES[schedule], jnp.bfloat16))
+  assert len(builds) == 3
+  for build in builds:
+    assert build.stack_bytes == 0, build.summary()
+    assert 0 < build.shared_bytes <= triton_aot.MAX_SHARED_BYTES_SM90, build.summary()
+    assert build.mma and all(k.startswith("wgmma.mma_async") and k.endswith(".bf16.bf16")
+                             for k in build.mma), build.summary()
+    assert build.registers <= 255 and ".target sm_90" in build.ptx
+
+
+def test_the_build_check_flags_spills_and_fp32_matmuls():
+  """What the build test guards against: 4 warps at 128 x 128 forward blocks (JAX's GPU
+  attention default for head dim 64) spill in our forward kernel, and fp32 inputs give
+  tf32 tensor-core matmuls."""
+  from varjax.kernels.block_sparse import TritonTuning
+  four_warps = triton_aot.compile_kernels(_gpu_gradient(PN, jnp.bfloat16,
+                                                        TritonTuning(64, 64, 4, 2)))
+  assert four_warps[0].name == "_fwd_kernel" and four_warps[0].stack_bytes > 0
+  fp32 = triton_aot.compile_kernels(_gpu_gradient(PN, jnp.float32))
+  assert all(".tf32.tf32" in k for build in fp32 for k in build.mma)
 
 
 def test_splash_lowers_to_mosaic():

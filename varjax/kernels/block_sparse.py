@@ -14,7 +14,8 @@ it). Padded queries have end 0: they see nothing and produce 0.
 
 Layout inside the kernels is B H L K; the public function takes B L H K like the rest.
 Runs on CPU with `interpret=True` (the test suite); the test suite also lowers it to Triton
-for an abstract H100. It has not been compiled to PTX or run on a GPU yet.
+for an abstract H100 and builds it to sm_90 cubins (`triton_aot.py`). It has not run on a
+GPU yet.
 """
 
 from __future__ import annotations
@@ -35,16 +36,10 @@ NEG_INF = -1e30  # finite, so fully masked rows stay NaN-free
 
 @dataclasses.dataclass(frozen=True)
 class TritonTuning:
-  """Launch settings of the GPU layout; interpret mode ignores the Triton ones.
-
-  Defaults follow JAX's own Pallas GPU flash attention (jax.experimental.pallas.ops.gpu):
-  4 warps for head dim <= 64 (else 8), 2 pipeline stages, and backward blocks of 32 while
-  the forward uses the caller's (128 on the real schedules); smaller backward blocks keep
-  the dk/dv kernel's four accumulators and score tiles in registers. Not yet tuned on
-  hardware (no GPU has been lent to this project)."""
+  """Launch settings of the GPU layout; interpret mode ignores the Triton ones."""
   block_q_bwd: int | None = None  # None: the forward's block sizes
   block_k_bwd: int | None = None
-  num_warps: int | None = None  # None: 4 for head dim <= 64, else 8
+  num_warps: int | None = None  # None: 4 for head dim <= 64, else 8 (JAX's GPU attention)
   num_stages: int = 2
 
   def compiler_params(self, head_dim: int, interpret) -> plgpu.CompilerParams | None:
@@ -54,7 +49,14 @@ class TritonTuning:
     return plgpu.CompilerParams(num_warps=warps, num_stages=self.num_stages)
 
 
-GPU_TUNING = TritonTuning(block_q_bwd=32, block_k_bwd=32)
+# What `attention(impl="pallas")` uses on a GPU, chosen from sm_90 builds (triton_aot.py,
+# bf16, head dim 64; tests/test_kernel_lowering.py keeps them true), not from timings:
+# - 8 warps: at 128 x 128 forward blocks 4 warps need 255 registers and spill;
+#   8 warps need 185 and spill nothing.
+# - 64-wide backward blocks: the dq and dk/dv matmuls become Hopper wgmma (32-wide blocks
+#   give the older mma.sync) with no spills and under 60 KB of shared memory; 128-wide
+#   ones need 255 registers and 130 KB in dk/dv, and skip fewer masked blocks.
+GPU_TUNING = TritonTuning(block_q_bwd=64, block_k_bwd=64, num_warps=8, num_stages=2)
 
 
 def plan(patch_nums, block_q: int, block_k: int, padded_length: int | None = None):
