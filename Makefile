@@ -36,11 +36,24 @@ $(STAMP): setup.cfg pyproject.toml requirements.lock
 	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[$(EXTRAS)]'
 	@touch $@
 
+# libtpu, to compile the TPU kernels ahead of time on any machine (varjax/kernels/tpu_aot.py,
+# tests/test_kernel_lowering.py). The version jax[tpu]==0.12.0.1 pins; kept out of
+# site-packages because an importable libtpu makes every JAX start probe for TPUs.
+LIBTPU_VERSION := 0.0.50.1
+LIBTPU := $(VENV)/libtpu
+LIBTPU_STAMP := $(LIBTPU)/.installed-$(LIBTPU_VERSION)
+export VARJAX_LIBTPU_DIR ?= $(CURDIR)/$(LIBTPU)
+
+$(LIBTPU_STAMP): | $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --upgrade \
+	  --target $(LIBTPU) libtpu==$(LIBTPU_VERSION)
+	@touch $@
+
 # Re-pin every transitive version from the current venv (run after changing setup.cfg).
 lock: install
 	$(PY) -m pip freeze --exclude-editable | grep -v '^-e ' > requirements.lock
 
-test: install
+test: install $(LIBTPU_STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-slow: install

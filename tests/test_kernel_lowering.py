@@ -5,9 +5,15 @@ lowering emits the Mosaic module and checks block shapes against the (8, 128) ti
 rule, SMEM/VMEM placement and the ops Mosaic accepts; the GPU lowering emits Triton IR for
 the device's compute capability. The GPU kernels are then built with the official Triton
 and its bundled ptxas for sm_90 (`varjax.kernels.triton_aot`), which checks registers,
-spills, shared memory and the tensor-core instructions. What this cannot check is libtpu's
-Mosaic compile, XLA's own Triton build, and speed: those need the hardware.
+spills, shared memory and the tensor-core instructions. The TPU kernels are compiled for
+real by libtpu for compile-only TPU devices (`varjax.kernels.tpu_aot`), Mosaic included.
+What this cannot check is XLA's own Triton build and speed: those need the hardware.
 """
+
+import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -101,3 +107,40 @@ def test_the_build_check_flags_spills_and_fp32_matmuls():
 def test_splash_lowers_to_mosaic():
   fn = lambda q, k, v: splash_attention(q, k, v, PN, block=128, interpret=False)
   assert "tpu_custom_call" in _lower(fn, "tpu", "TPU v5 lite", 1, jnp.bfloat16)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LIBTPU = os.environ.get("VARJAX_LIBTPU_DIR", os.path.join(ROOT, ".venv", "libtpu"))
+
+
+def _tpu_aot(*args):
+  """`python -m varjax.kernels.tpu_aot --json ...` with libtpu on the path (a subprocess:
+  libtpu stays out of this one)."""
+  if not os.path.isdir(os.path.join(LIBTPU, "libtpu")):
+    message = f"libtpu not installed in {LIBTPU}; `make test` installs it"
+    pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "PYTHONPATH": os.pathsep.join(filter(None, [LIBTPU, os.environ.get("PYTHONPATH")]))}
+  out = subprocess.run([sys.executable, "-m", "varjax.kernels.tpu_aot", "--json", *args],
+                       capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+  assert out.stdout.strip(), out.stderr
+  return out.returncode, json.loads(out.stdout)
+
+
+def test_kernels_compile_for_tpu_v4_v5e_v5p_v6e_with_libtpu():
+  """Forward + backward of our Mosaic layout and of splash, bf16 on the 512 px schedule
+  (L = 2240 -> 2304), compiled by libtpu (XLA's TPU pipeline with Mosaic) for one device
+  of each generation."""
+  status, rows = _tpu_aot()
+  assert status == 0, rows
+  assert {(r["topology"], r["impl"]) for r in rows} == {
+      (t, i) for t in ("v4:2x2x1", "v5e:1x1", "v5p:2x2x1", "v6e:1x1") for i in ("pallas", "splash")}
+  assert {r["device_kind"] for r in rows} == {"TPU v4", "TPU v5 lite", "TPU v5", "TPU v6 lite"}
+  assert all(r["code_bytes"] > 0 for r in rows)
+
+
+def test_the_tpu_compile_refuses_a_kernel_that_overflows_vmem():
+  """What Pallas's lowering cannot see and the libtpu compile does: one 2304-wide block
+  makes score tiles of 2304 x 2304 fp32, over the scoped VMEM."""
+  status, rows = _tpu_aot("--topologies", "v5e:1x1", "--impls", "pallas", "--block", "2304")
+  assert status == 1 and "CompileTimeScopedVmemOom" in rows[0]["error"]

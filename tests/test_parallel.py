@@ -50,6 +50,18 @@ def test_sharded_steps_equal_single_device_and_large_matrices_are_split():
       assert sum(r["large"] for r in run["dump"]) >= 8  # the check has something to check
 
 
+@pytest.mark.parametrize("impl", ["pallas", "splash"])
+def test_sharded_steps_with_attention_kernels_equal_single_device_xla(impl):
+  """The kernels under the training mesh (data 2 x fsdp 2 x tensor 2): each device runs
+  the kernel on its own batch rows and heads (one shard_map per attention call, forward
+  and backward), and 5 steps equal the single-device `xla` run."""
+  result = _run_worker("2,2,2", "--attn", impl)
+  run = result["meshes"]["2,2,2"]
+  np.testing.assert_allclose(run["losses"], result["single"], rtol=1e-5)
+  assert run["param_rel_diff"] < 1e-5
+  assert run["shard_maps"] >= 2  # one per block (depth 2); none before per_device
+
+
 @pytest.mark.slow
 def test_gradient_accumulation_equals_the_full_batch():
   result = _run_worker("1,1,1", "--accum")["accum"]

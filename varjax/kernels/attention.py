@@ -9,23 +9,36 @@ Implementations: `xla` (dense, with the scale mask: the CPU path and the test or
 `pallas` (our block-sparse kernel: `block_sparse_tpu.py` on TPU, `block_sparse.py` on GPU
 and, interpreted, on CPU) and `splash` (JAX's TPU splash attention with the VAR mask,
 `splash.py`); the kernels run in interpret mode off their target.
+
+Sharding: XLA cannot partition a Pallas kernel (a custom call), so on a mesh the kernels
+run under `jax.shard_map`, each device on its own batch rows (over `data`, `fsdp`) and
+heads (over `tensor`); without it the partitioner would gather q, k and v whole onto every
+device. The mesh is the `mesh` argument or the one `jax.set_mesh` put in context (the
+train and eval steps do), and its platform, not the process's default backend, decides
+compiled or interpreted kernels and what `auto` picks (so a step compiled ahead of time
+for a TPU topology on a CPU host gets TPU kernels).
 """
 
 from __future__ import annotations
 
+import functools
+import math
+
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from varjax.kernels import mask as mask_lib
 
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash", "pallas")
 
 
-def resolve_impl(impl: str, dtype=jnp.float32) -> str:
+def resolve_impl(impl: str, dtype=jnp.float32, platform: str | None = None) -> str:
+  """`auto` -> splash on TPU, cudnn on GPU for bf16/fp16, xla otherwise."""
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f"unknown attention impl {impl!r}; choose from {', '.join(IMPLEMENTATIONS)}")
   if impl == "auto":
-    backend = jax.default_backend()
+    backend = platform or jax.default_backend()
     if backend == "tpu":
       return "splash"
     gpu = backend == "gpu"
@@ -38,37 +51,80 @@ def attention(q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, v_BxLxHxK: jax.Array,
               mesh: jax.sharding.Mesh | None = None) -> jax.Array:
   """Scale-causal attention over a full token pyramid; returns o_BxLxHxK.
 
-  `mesh` is used by `splash`, which runs under shard_map with heads over `tensor`."""
+  `mesh`: where the kernel impls run per device (default: the context mesh, if any)."""
   length = q_BxLxHxK.shape[1]
   allowed_LxL = mask_lib.dense_mask(patch_nums)
   if allowed_LxL.shape[0] != length:
     raise ValueError(f"sequence has {length} tokens but schedule {tuple(patch_nums)} has "
                      f"{allowed_LxL.shape[0]}")
-  impl = resolve_impl(impl, q_BxLxHxK.dtype)
-  if impl == "splash":
-    from varjax.kernels.splash import splash_attention
-    # Splash's key blocks must be multiples of the 128 TPU lanes.
-    return splash_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, patch_nums, scale=scale,
-                            block=128, mesh=mesh)
-  if impl == "pallas" and jax.default_backend() == "tpu":
-    from varjax.kernels.block_sparse_tpu import block_sparse_attention_tpu
-    # Mosaic wants key blocks of whole 128-lane vregs.
-    return block_sparse_attention_tpu(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, patch_nums,
-                                      scale=scale, block_q=128, block_k=128)
-  if impl == "pallas":
-    from varjax.kernels.block_sparse import block_sparse_attention
-    block = pallas_block(length)
-    from varjax.kernels.block_sparse import GPU_TUNING, TritonTuning
-    # Interpret mode (CPU) keeps the forward's blocks: smaller backward blocks would only
-    # multiply the interpreter's steps.
-    tuning = GPU_TUNING if jax.default_backend() == "gpu" else TritonTuning()
-    return block_sparse_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, patch_nums, scale=scale,
-                                  block_q=block, block_k=block, tuning=tuning)
+  if mesh is None:
+    context = jax.sharding.get_abstract_mesh()
+    mesh = None if context.empty else context
+  platform = target_platform(mesh)
+  impl = resolve_impl(impl, q_BxLxHxK.dtype, platform)
+  if impl in ("splash", "pallas"):
+    kernel = functools.partial(_kernel, impl=impl, patch_nums=tuple(patch_nums), scale=scale,
+                               platform=platform)
+    return per_device(kernel, mesh, q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
   if impl == "cudnn":
     return jax.nn.dot_product_attention(
         q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask=jnp.asarray(allowed_LxL)[None, None],
         scale=scale, implementation="cudnn")
   return dense_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, allowed_LxL, scale)
+
+
+def target_platform(mesh) -> str:
+  """The platform of a mesh's devices (a concrete or abstract mesh), else the default
+  backend's."""
+  if mesh is not None:
+    device = getattr(mesh.abstract_mesh, "abstract_device", None)
+    if device is not None and device.platform:
+      return device.platform
+  return jax.default_backend()
+
+
+def per_device(kernel, mesh, q_BxLxHxK, k_BxLxHxK, v_BxLxHxK):
+  """kernel(q, k, v) on each device's batch rows (data, fsdp) and heads (tensor). A dim the
+  axes do not divide (model init's batch of 1, say) is replicated over them instead."""
+  if mesh is None or mesh.size == 1:
+    return kernel(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
+  sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+  batch, _, heads, _ = q_BxLxHxK.shape
+  batch_axes = tuple(a for a in ("data", "fsdp") if a in sizes)
+  if batch % math.prod(sizes[a] for a in batch_axes):
+    batch_axes = ()
+  head_axis = "tensor" if "tensor" in sizes and heads % sizes["tensor"] == 0 else None
+  spec = P(batch_axes or None, None, head_axis, None)
+  q, k, v = q_BxLxHxK, k_BxLxHxK, v_BxLxHxK
+  if jax.sharding.AxisType.Explicit in mesh.axis_types:
+    # Explicit axes: the arrays carry their sharding in their type and must match in_specs
+    # (Auto axes, as the training mesh has, are resharded by shard_map itself).
+    sharding = jax.sharding.NamedSharding(mesh, spec)
+    q, k, v = (jax.reshard(x, sharding) for x in (q, k, v))
+  return jax.shard_map(kernel, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
+                       check_vma=False)(q, k, v)
+
+
+def _kernel(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, *, impl, patch_nums, scale, platform):
+  """One device's splash or Pallas attention, compiled on its target, else interpreted."""
+  if impl == "splash":
+    from varjax.kernels.splash import splash_attention
+    # Splash's key blocks must be multiples of the 128 TPU lanes.
+    return splash_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, patch_nums, scale=scale,
+                            block=128, interpret=platform != "tpu")
+  if platform == "tpu":
+    from varjax.kernels.block_sparse_tpu import block_sparse_attention_tpu
+    # Mosaic wants key blocks of whole 128-lane vregs.
+    return block_sparse_attention_tpu(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, patch_nums,
+                                      scale=scale, block_q=128, block_k=128, interpret=False)
+  from varjax.kernels.block_sparse import GPU_TUNING, TritonTuning, block_sparse_attention
+  block = pallas_block(q_BxLxHxK.shape[1])
+  # Interpret mode keeps the forward's blocks: smaller backward blocks would only
+  # multiply the interpreter's steps.
+  tuning = GPU_TUNING if platform == "gpu" else TritonTuning()
+  return block_sparse_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, patch_nums, scale=scale,
+                                block_q=block, block_k=block, tuning=tuning,
+                                interpret=platform != "gpu")
 
 
 def pallas_block(length: int) -> int:

@@ -1,4 +1,4 @@
-"""JAX's TPU splash attention with the VAR mask, head-sharded under `jax.shard_map`.
+"""JAX's TPU splash attention with the VAR mask (head-sharded by `attention.per_device`).
 
 Splash takes a per-head block mask and skips fully masked blocks. The mask comes from
 `varjax.kernels.mask`; L is padded to the block size. Splash applies no softmax scale, so
@@ -15,18 +15,25 @@ import jax
 import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
-from jax.sharding import PartitionSpec as P
 
 from varjax.kernels import mask as mask_lib
 
 
 @functools.lru_cache(maxsize=32)
-def _kernel(patch_nums: tuple[int, ...], heads: int, block: int, interpret: bool):
+def _mask(patch_nums: tuple[int, ...], heads: int, block: int):
+  """(splash's multi-head mask, padded length): numpy only, so safe to cache across traces;
+  the same mask object also hits splash's own cache of the processed block masks."""
   length = int(mask_lib.key_prefix_end(patch_nums).shape[0])
   lp = mask_lib.padded_length(length, block)
   allowed = mask_lib.dense_mask(patch_nums, padded_to=lp)
   allowed[length:, 0] = True
-  mask = sm.MultiHeadMask([sm.NumpyMask(allowed) for _ in range(heads)])
+  return sm.MultiHeadMask([sm.NumpyMask(allowed) for _ in range(heads)]), lp
+
+
+def _kernel(patch_nums: tuple[int, ...], heads: int, block: int, interpret: bool):
+  """A splash kernel, built per call: it holds its mask info as jax arrays, which inside
+  a trace (jit, shard_map) belong to that trace and must not be reused by another."""
+  mask, lp = _mask(patch_nums, heads, block)
   sizes = sk.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
                         block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
                         block_q_dq=block, block_kv_dq=block)
@@ -43,21 +50,10 @@ def _local(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, patch_nums, scale, block, interpret)
 
 
 def splash_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, patch_nums, *, scale: float = 1.0,
-                     block: int = 128, mesh: jax.sharding.Mesh | None = None,
-                     batch_axes=("data", "fsdp"), head_axis: str = "tensor",
-                     interpret: bool | None = None):
-  """Scale-causal splash attention; with a mesh, batch over `batch_axes` and heads over
-  `head_axis` (each device runs the kernel on its own heads)."""
+                     block: int = 128, interpret: bool | None = None):
+  """Scale-causal splash attention on one device's arrays (`attention.per_device` shards
+  it over a mesh). `interpret`: None interprets off TPU."""
   if interpret is None:
     interpret = jax.default_backend() != "tpu"
-  run = functools.partial(_local, patch_nums=tuple(patch_nums), scale=scale, block=block,
-                          interpret=bool(interpret))
-  if mesh is None:
-    return run(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
-  batch = tuple(a for a in batch_axes if a in mesh.axis_names) or None
-  head = head_axis if head_axis in mesh.axis_names else None
-  spec = P(batch, None, head, None)
-  sharding = jax.sharding.NamedSharding(mesh, spec)
-  q, k, v = (jax.reshard(x, sharding) for x in (q_BxLxHxK, k_BxLxHxK, v_BxLxHxK))
-  return jax.shard_map(run, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
-                       check_vma=False)(q, k, v)
+  return _local(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, tuple(patch_nums), scale, block,
+                bool(interpret))
