@@ -19,7 +19,7 @@ EXTRAS ?= dev
 # TPU wheels instead of finding the plain stamp.
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install test test-slow demo bench sweep analyze notebooks lock clean help
+.PHONY: install test test-slow demo bench sweep analyze notebooks lock clean help tpu-aot
 
 help:
 	@echo "make demo       main job on the embedded default dataset"
@@ -48,6 +48,12 @@ $(LIBTPU_STAMP): | $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --upgrade \
 	  --target $(LIBTPU) libtpu==$(LIBTPU_VERSION)
 	@touch $@
+
+# Compile the attention kernels for TPU v4/v5e/v5p/v6e without a TPU, or with
+# TPU_AOT_ARGS="--train-step --depth 16 --batch 256 --mesh 1,4,1 --topologies v5p:2x2x1"
+# a whole sharded training step, with its HBM per chip (docs/kernels.md).
+tpu-aot: install $(LIBTPU_STAMP)
+	PYTHONPATH=$(LIBTPU) $(PY) -m varjax.kernels.tpu_aot $(TPU_AOT_ARGS)
 
 # Re-pin every transitive version from the current venv (run after changing setup.cfg).
 lock: install

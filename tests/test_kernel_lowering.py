@@ -144,3 +144,17 @@ def test_the_tpu_compile_refuses_a_kernel_that_overflows_vmem():
   makes score tiles of 2304 x 2304 fp32, over the scoped VMEM."""
   status, rows = _tpu_aot("--topologies", "v5e:1x1", "--impls", "pallas", "--block", "2304")
   assert status == 1 and "CompileTimeScopedVmemOom" in rows[0]["error"]
+
+
+def test_the_sharded_train_step_compiles_for_a_tpu_v5e_2x2_with_per_device_kernels():
+  """The whole var-d2 training step (forward, backward, AdamW) on a 4-chip v5e mesh with
+  fsdp 2 x tensor 2, batch 16: every attention kernel (forward, dq, dk/dv per block) runs
+  on its device's 8 batch rows and 1 of the 2 heads. Without `attention.per_device` this
+  step does not compile: XLA cannot partition a Mosaic kernel."""
+  status, rows = _tpu_aot("--train-step", "--depth", "2", "--batch", "16", "--mesh", "1,2,2",
+                          "--topologies", "v5e:2x2")
+  assert status == 0, rows
+  for row in rows:
+    assert row["kernel_calls"] == 6, row  # 2 blocks x (forward, dq, dk/dv)
+    assert row["kernel_shapes"] == ["bf16[8,1,768,64]"], row  # [B/2, H/2, Lp, K]
+    assert 0 < row["hbm_bytes"] < 2**30

@@ -15,6 +15,14 @@ with that directory on PYTHONPATH:
 
 It compiles forward + backward of `pallas` (our Mosaic layout) and `splash`, bf16, head
 dim 64, d16 heads, for each topology and prints one line each; exit status 1 if any fails.
+With `--train-step` it compiles the whole sharded training step instead:
+
+    ... -m varjax.kernels.tpu_aot --train-step --depth 16 --batch 64 --mesh 1,2,2 \
+        --topologies v5e:2x2 [--schedule 256]
+
+and reports per device the attention kernels' shapes (each device's own batch rows and
+heads), and the HBM the step needs (arguments + outputs + temporaries - donated aliases),
+which says before any TPU time whether a model, batch and mesh fit.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -104,20 +113,73 @@ def compile_train_step(depth: int, batch: int, topology: str, mesh_shape=(1, -1,
     return train_step.jitted.trace(state, inputs).lower().compile()
 
 
+def step_report(compiled) -> dict:
+  """Per-device facts of a compiled step: HBM bytes and the Mosaic kernels' result shapes."""
+  memory = compiled.memory_analysis()
+  calls = [line for line in compiled.as_text().splitlines()
+           if 'custom_call_target="tpu_custom_call"' in line]
+  shapes = sorted({m.group(1) for line in calls
+                   if (m := re.search(r"= \(?(\w+\[[0-9,]+\])", line))})
+  return {"kernel_calls": len(calls), "kernel_shapes": shapes,
+          "argument_bytes": memory.argument_size_in_bytes,
+          "output_bytes": memory.output_size_in_bytes,
+          "temp_bytes": memory.temp_size_in_bytes,
+          "hbm_bytes": (memory.argument_size_in_bytes + memory.output_size_in_bytes
+                        + memory.temp_size_in_bytes - memory.alias_size_in_bytes)}
+
+
+def _train_steps(args) -> list[dict]:
+  mesh = tuple(int(v) for v in args.mesh.split(","))
+  rows = []
+  for topology in args.topologies.split(","):
+    for impl in args.impls.split(","):
+      row = {"topology": topology, "impl": impl, "depth": args.depth, "batch": args.batch,
+             "mesh": args.mesh, "schedule": args.schedule}
+      start = time.perf_counter()
+      try:
+        compiled = compile_train_step(args.depth, args.batch, topology, mesh, impl,
+                                      args.schedule)
+      except Exception as e:  # a step that does not compile: report it, try the rest
+        row["error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+      else:
+        row.update(seconds=round(time.perf_counter() - start, 1), **step_report(compiled))
+      rows.append(row)
+  return rows
+
+
 def main(argv=None) -> int:
   from varjax.models import scales
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--topologies", default=",".join(TOPOLOGIES))
-  parser.add_argument("--schedule", default="512", choices=sorted(scales.SCHEDULES))
+  parser.add_argument("--topologies", default=None,
+                      help=f"default {','.join(TOPOLOGIES)}; v5e:2x2 with --train-step")
+  parser.add_argument("--schedule", default=None, choices=sorted(scales.SCHEDULES),
+                      help="default 512; 256 with --train-step")
   parser.add_argument("--block", type=int, default=128)
   parser.add_argument("--impls", default="pallas,splash")
   parser.add_argument("--heads", type=int, default=16)
+  parser.add_argument("--train-step", action="store_true",
+                      help="compile the sharded training step of var-d{--depth}")
+  parser.add_argument("--depth", type=int, default=2)
+  parser.add_argument("--batch", type=int, default=16, help="global batch")
+  parser.add_argument("--mesh", default="1,-1,1", help="data,fsdp,tensor (-1: the rest)")
   parser.add_argument("--json", action="store_true")
   args = parser.parse_args(argv)
   if not have_libtpu():
     print("tpu_aot: error: libtpu is not importable; `make test` installs it into "
           ".venv/libtpu: run with PYTHONPATH=.venv/libtpu", file=sys.stderr)
     return 2
+  if args.train_step:
+    args.topologies = args.topologies or "v5e:2x2"
+    args.schedule = args.schedule or "256"
+    rows = _train_steps(args)
+    print(json.dumps(rows, indent=2) if args.json else "\n".join(
+        f"{r['topology']} var-d{r['depth']} batch {r['batch']} mesh {r['mesh']} {r['impl']}: "
+        + (f"FAILED {r['error']}" if "error" in r else
+           f"compiled in {r['seconds']} s; per device {r['hbm_bytes'] / 2**30:.2f} GiB HBM, "
+           f"{r['kernel_calls']} kernels on {', '.join(r['kernel_shapes'])}") for r in rows))
+    return 1 if any("error" in r for r in rows) else 0
+  args.topologies = args.topologies or ",".join(TOPOLOGIES)
+  args.schedule = args.schedule or "512"
   pn = scales.SCHEDULES[args.schedule]
   x = jax.ShapeDtypeStruct((1, scales.num_tokens(pn), args.heads, 64), jnp.bfloat16)
   rows = []
