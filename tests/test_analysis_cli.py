@@ -78,6 +78,7 @@ def test_fit_contract_on_chinchilla_csv():
   assert pred["interval_95"][0] < pred["loss"] < pred["interval_95"][1]
 
 
+@pytest.mark.slow
 def test_auto_law_reports_its_choice_and_each_candidates_backtest(tmp_path):
   path = tmp_path / "runs.csv"
   synthetic_table().to_csv(path, index=False)

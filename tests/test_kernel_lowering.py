@@ -139,6 +139,7 @@ def test_kernels_compile_for_tpu_v4_v5e_v5p_v6e_with_libtpu():
   assert all(r["code_bytes"] > 0 for r in rows)
 
 
+@pytest.mark.slow
 def test_the_tpu_compile_refuses_a_kernel_that_overflows_vmem():
   """What Pallas's lowering cannot see and the libtpu compile does: one 2304-wide block
   makes score tiles of 2304 x 2304 fp32, over the scoped VMEM."""
@@ -146,6 +147,7 @@ def test_the_tpu_compile_refuses_a_kernel_that_overflows_vmem():
   assert status == 1 and "CompileTimeScopedVmemOom" in rows[0]["error"]
 
 
+@pytest.mark.slow
 def test_the_sharded_train_step_compiles_for_a_tpu_v5e_2x2_with_per_device_kernels():
   """The whole var-d2 training step (forward, backward, AdamW) on a 4-chip v5e mesh with
   fsdp 2 x tensor 2, batch 16: every attention kernel (forward, dq, dk/dv per block) runs

@@ -50,7 +50,7 @@ def test_sharded_steps_equal_single_device_and_large_matrices_are_split():
       assert sum(r["large"] for r in run["dump"]) >= 8  # the check has something to check
 
 
-@pytest.mark.parametrize("impl", ["pallas", "splash"])
+@pytest.mark.parametrize("impl", ["pallas", pytest.param("splash", marks=pytest.mark.slow)])
 def test_sharded_steps_with_attention_kernels_equal_single_device_xla(impl):
   """The kernels under the training mesh (data 2 x fsdp 2 x tensor 2): each device runs
   the kernel on its own batch rows and heads (one shard_map per attention call, forward
