@@ -84,20 +84,23 @@ def time_fn(run, patch_nums, batch, heads, dtype, backward, repeats) -> float:
 TUNING_GRID = [(f, b, w) for f in (64, 128) for b in (32, 64, 128) if b <= f for w in (4, 8)]
 
 
+def _grid_tuning(bwd: int, warps: int) -> block_sparse.TritonTuning:
+  return block_sparse.TritonTuning(bwd, bwd, warps, block_sparse.GPU_TUNING.num_stages)
+
+
 def tune(args, dtype) -> list[dict]:
   """Our GPU-layout kernel, forward + backward, under each launch setting of TUNING_GRID."""
   shape, model = ("VAR-256", "d16") if args.quick else ("VAR-512", "d16")
   pn, heads = SHAPES[shape], HEADS[model]
   flops = useful_flops(pn, args.batch, heads, 64, backward=True)
-  default = block_sparse.GPU_TUNING
   rows = []
   for fwd, bwd, warps in TUNING_GRID:
-    tuning = block_sparse.TritonTuning(bwd, bwd, warps, default.num_stages)
+    tuning = _grid_tuning(bwd, warps)
     run = lambda q, k, v: block_sparse.block_sparse_attention(
         q, k, v, pn, block_q=fwd, block_k=fwd, tuning=tuning)
     seconds = time_fn(run, pn, args.batch, heads, dtype, True, args.repeats)
     rows.append({"shape": shape, "model": model, "block": fwd, "block_bwd": bwd,
-                 "num_warps": warps, "num_stages": default.num_stages, "ms": 1e3 * seconds,
+                 "num_warps": warps, "num_stages": tuning.num_stages, "ms": 1e3 * seconds,
                  "useful_tflops": flops / seconds / 1e12,
                  "default": _is_default(fwd, bwd, warps, pn)})
   return sorted(rows, key=lambda r: r["ms"])
@@ -113,15 +116,13 @@ def builds(args) -> list[dict]:
   """sm_90 builds of forward + backward (bf16, head dim 64) for each TUNING_GRID setting."""
   from varjax.kernels import triton_aot
   shape = "VAR-256" if args.quick else "VAR-512"
-  pn, heads = SHAPES[shape], HEADS["d16"]
-  x = jax.ShapeDtypeStruct((args.batch, scales.num_tokens(pn), heads, 64), jnp.bfloat16)
+  pn = SHAPES[shape]
+  x_shape = (args.batch, scales.num_tokens(pn), HEADS["d16"], 64)
   rows = []
   for fwd, bwd, warps in TUNING_GRID:
-    tuning = block_sparse.TritonTuning(bwd, bwd, warps, block_sparse.GPU_TUNING.num_stages)
-    run = lambda q, k, v: block_sparse.block_sparse_attention(
-        q, k, v, pn, block_q=fwd, block_k=fwd, interpret=False, tuning=tuning)
-    grad = jax.grad(lambda q, k, v: jnp.sum(run(q, k, v).astype(jnp.float32)), (0, 1, 2))
-    for build in triton_aot.compile_kernels(triton_aot.lower_for_gpu(grad, x, x, x)):
+    lowered = triton_aot.lower_attention_gradient(pn, x_shape, jnp.bfloat16, fwd,
+                                                  _grid_tuning(bwd, warps))
+    for build in triton_aot.compile_kernels(lowered):
       rows.append({"shape": shape, "block": fwd, "block_bwd": bwd, "num_warps": warps,
                    "kernel": build.name.strip("_"), "registers": build.registers,
                    "spill_bytes": build.stack_bytes, "shared_bytes": build.shared_bytes,

@@ -60,11 +60,8 @@ def test_gpu_layout_kernel_is_rejected_by_mosaic(monkeypatch):
 
 def _gpu_gradient(patch_nums, dtype, tuning=GPU_TUNING, block=128):
   """Forward + backward of our GPU-layout kernel lowered for an abstract H100."""
-  x = jax.ShapeDtypeStruct((2, scales.num_tokens(patch_nums), 16, 64), dtype)
-  fn = lambda q, k, v: block_sparse_attention(q, k, v, patch_nums, block_q=block,
-                                              block_k=block, interpret=False, tuning=tuning)
-  loss = lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32))
-  return triton_aot.lower_for_gpu(jax.grad(loss, (0, 1, 2)), x, x, x)
+  return triton_aot.lower_attention_gradient(
+      patch_nums, (2, scales.num_tokens(patch_nums), 16, 64), dtype, block, tuning)
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])

@@ -68,7 +68,8 @@ def plan(patch_nums, block_q: int, block_k: int, padded_length: int | None = Non
   length = len(ends)
   lp = padded_length or mask_lib.padded_length(length, max(block_q, block_k))
   if lp % block_q or lp % block_k:
-    raise ValueError(f"blocks ({block_q}, {block_k}) must divide the padded length {lp}")
+    raise ValueError(f"blocks ({block_q}, {block_k}) must divide the padded length {lp}; "
+                     "use equal sizes or powers of two")
   ends_p = np.zeros(lp, np.int32)
   ends_p[:length] = ends
   n_kv = np.array([-(-int(ends_p[i:i + block_q].max()) // block_k)
@@ -235,11 +236,7 @@ def run_padded(attention_bhlk, q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, patch_nums, scal
                block_q: int, block_k: int, interpret, tuning=None):
   """Checks the shapes, pads L to the block size, runs [B, H, Lp, K] attention, unpads."""
   B, L, H, K = q_BxLxHxK.shape
-  try:
-    length, lp, _, _, _ = plan(tuple(patch_nums), block_q, block_k)
-  except ValueError:
-    raise ValueError("block_q and block_k must divide each other's multiples; use equal "
-                     "sizes or powers of two") from None
+  length, lp, _, _, _ = plan(tuple(patch_nums), block_q, block_k)
   if length != L:
     raise ValueError(f"sequence has {L} tokens but the schedule has {length}")
   pad = lambda x: jnp.pad(x, ((0, 0), (0, lp - L), (0, 0), (0, 0))).transpose(0, 2, 1, 3)

@@ -128,21 +128,20 @@ def step_report(compiled) -> dict:
                         + memory.temp_size_in_bytes - memory.alias_size_in_bytes)}
 
 
-def _train_steps(args) -> list[dict]:
-  mesh = tuple(int(v) for v in args.mesh.split(","))
+def _compile_each(args, fields: dict, compile_one, report) -> list[dict]:
+  """One row per (topology, impl): `fields`, then report(compiled, topology) and the
+  compile seconds, or the error of one that does not compile (the rest still run)."""
   rows = []
   for topology in args.topologies.split(","):
     for impl in args.impls.split(","):
-      row = {"topology": topology, "impl": impl, "depth": args.depth, "batch": args.batch,
-             "mesh": args.mesh, "schedule": args.schedule}
+      row = {"topology": topology, "impl": impl, **fields}
       start = time.perf_counter()
       try:
-        compiled = compile_train_step(args.depth, args.batch, topology, mesh, impl,
-                                      args.schedule)
-      except Exception as e:  # a step that does not compile: report it, try the rest
+        compiled = compile_one(topology, impl)
+      except Exception as e:  # noqa: BLE001 -- reported in the row and the exit status
         row["error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
       else:
-        row.update(seconds=round(time.perf_counter() - start, 1), **step_report(compiled))
+        row.update(seconds=round(time.perf_counter() - start, 2), **report(compiled, topology))
       rows.append(row)
   return rows
 
@@ -171,7 +170,13 @@ def main(argv=None) -> int:
   if args.train_step:
     args.topologies = args.topologies or "v5e:2x2"
     args.schedule = args.schedule or "256"
-    rows = _train_steps(args)
+    mesh = tuple(int(v) for v in args.mesh.split(","))
+    rows = _compile_each(
+        args, {"depth": args.depth, "batch": args.batch, "mesh": args.mesh,
+               "schedule": args.schedule},
+        lambda topology, impl: compile_train_step(args.depth, args.batch, topology, mesh,
+                                                  impl, args.schedule),
+        lambda compiled, topology: step_report(compiled))
     print(json.dumps(rows, indent=2) if args.json else "\n".join(
         f"{r['topology']} var-d{r['depth']} batch {r['batch']} mesh {r['mesh']} {r['impl']}: "
         + (f"FAILED {r['error']}" if "error" in r else
@@ -182,22 +187,13 @@ def main(argv=None) -> int:
   args.schedule = args.schedule or "512"
   pn = scales.SCHEDULES[args.schedule]
   x = jax.ShapeDtypeStruct((1, scales.num_tokens(pn), args.heads, 64), jnp.bfloat16)
-  rows = []
-  for topology in args.topologies.split(","):
-    for impl in args.impls.split(","):
-      row = {"topology": topology, "impl": impl, "schedule": args.schedule,
-             "block": args.block}
-      start = time.perf_counter()
-      try:
-        compiled = compile_for_tpu(attention_gradient(impl, pn, args.block), x, x, x,
-                                   topology=topology)
-      except Exception as e:  # a kernel that does not compile: report it, try the rest
-        row["error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
-      else:
-        row["device_kind"] = topology_devices(topology)[0].device_kind
-        row["seconds"] = round(time.perf_counter() - start, 2)
-        row["code_bytes"] = compiled.memory_analysis().generated_code_size_in_bytes
-      rows.append(row)
+  rows = _compile_each(
+      args, {"schedule": args.schedule, "block": args.block},
+      lambda topology, impl: compile_for_tpu(attention_gradient(impl, pn, args.block),
+                                             x, x, x, topology=topology),
+      lambda compiled, topology: {
+          "device_kind": topology_devices(topology)[0].device_kind,
+          "code_bytes": compiled.memory_analysis().generated_code_size_in_bytes})
   if args.json:
     print(json.dumps(rows, indent=2))
   for r in rows if not args.json else []:

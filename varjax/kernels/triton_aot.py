@@ -27,6 +27,7 @@ import subprocess
 import tempfile
 
 import jax
+import jax.numpy as jnp
 
 H100 = "NVIDIA H100 80GB HBM3"
 # Dynamic shared memory one block may use on sm_90 (227 KiB).
@@ -58,6 +59,17 @@ def lower_for_gpu(fn, *args, device_kind: str = H100, num_cores: int = 132):
   device = AbstractDevice(device_kind=device_kind, num_cores=num_cores, platform="gpu")
   with jax.sharding.use_abstract_mesh(AbstractMesh((1,), ("x",), abstract_device=device)):
     return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",))
+
+
+def lower_attention_gradient(patch_nums, shape_BxLxHxK, dtype, block: int, tuning):
+  """Forward + backward of our GPU-layout kernel (`block_sparse`), `block`-wide forward
+  blocks and `tuning`'s launch settings, lowered for an abstract H100."""
+  from varjax.kernels.block_sparse import block_sparse_attention
+  x = jax.ShapeDtypeStruct(shape_BxLxHxK, dtype)
+  fn = lambda q, k, v: block_sparse_attention(q, k, v, patch_nums, block_q=block,
+                                              block_k=block, interpret=False, tuning=tuning)
+  loss = lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32))
+  return lower_for_gpu(jax.grad(loss, (0, 1, 2)), x, x, x)
 
 
 def triton_kernels(lowered) -> list[dict]:
