@@ -25,17 +25,26 @@ from varjax.errors import ConfigError
 BACKENDS = ("local", "lanes", "ray", "tpu")
 
 
+def _check_counts(args) -> None:
+  """--limit and --max-lanes count runs: 0 or less is a mistake, never "all" or "drop some"."""
+  for option in ("limit", "max_lanes"):
+    value = getattr(args, option, None)
+    if value is not None and value < 1:
+      raise ConfigError(f"--{option.replace('_', '-')}", f"must be a positive integer, got {value}")
+
+
 def _selected(sweep, args):
   runs = list(sweep.runs)
   if args.runs:
     runs = sweep.select([n for n in args.runs.replace(" ", ",").split(",") if n])
-  if args.limit:
+  if args.limit is not None:
     runs = runs[:args.limit]
   return runs
 
 
 def _cmd_list(args) -> int:
   from sweeps import registry, spec as spec_lib
+  _check_counts(args)
   sweep = spec_lib.load(args.spec, args.out_dir)
   print(f"sweep {sweep.spec.name}: {len(sweep.runs)} runs in {sweep.out_dir}")
   print(f"  {'run':<22} {'N':>10} {'tokens':>10} {'FLOPs':>9} {'steps':>6} {'lr':>8}  "
@@ -50,6 +59,7 @@ def _cmd_list(args) -> int:
 
 def _cmd_run(args) -> int:
   from sweeps import launch, spec as spec_lib
+  _check_counts(args)
   sweep = spec_lib.load(args.spec, args.out_dir)  # every spec mistake surfaces here, before training
   runs = _selected(sweep, args)
   start = time.time()
@@ -60,7 +70,7 @@ def _cmd_run(args) -> int:
       raise ConfigError("out-dir", "BACKEND=tpu runs the spec on the workers as it is; set "
                         "out_dir in the spec (on storage every host sees)")
     return tpu.launch(sweep, runs, launcher=args.launcher, dry_run=args.dry_run,
-                      selected=bool(args.runs or args.limit))
+                      selected=bool(args.runs) or args.limit is not None)
   if args.dry_run:
     print(f"dry run: {len(runs)} runs with BACKEND={args.backend}:")
     print("\n".join(f"  {r.name}  ({r.info['steps']} steps)  -> {r.directory}" for r in runs))
@@ -98,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
   for p in (run, lst):
     p.add_argument("spec", help="a sweep spec, e.g. sweeps/demo.yaml")
     p.add_argument("--runs", default="", help="only these runs (comma-separated names)")
-    p.add_argument("--limit", type=int, default=0, help="only the first K runs")
+    p.add_argument("--limit", type=int, default=None, help="only the first K runs (K >= 1)")
     p.add_argument("--out-dir", default=None, help="the registry directory instead of the "
                    "spec's out_dir")
   run.add_argument("--backend", choices=BACKENDS, default="local")

@@ -119,6 +119,22 @@ def test_malformed_spec_names_the_field_before_training(tmp_path, capsys, fields
   assert not os.path.exists(os.path.join(tmp_path, "runs"))  # nothing started
 
 
+def test_limit_takes_the_first_k_runs_and_refuses_k_below_one(tmp_path, capsys):
+  path = write_spec(tmp_path)  # 4 runs
+  names = [r.name for r in spec_lib.load(path).runs]
+  assert cli.main(["run", path, "--dry-run", "--limit", "3"]) == 0
+  listed = capsys.readouterr().out
+  assert listed.startswith("dry run: 3 runs") and names[2] in listed and names[3] not in listed
+  for bad in (["--limit", "0"], ["--limit=-1"], ["--max-lanes", "0"]):
+    assert cli.main(["run", path, "--dry-run", *bad]) == 2, bad
+    out = capsys.readouterr()
+    option = bad[0].split("=")[0]
+    assert out.out == "" and out.err.splitlines() == [
+        f"sweeps: error: {option}: must be a positive integer, got {bad[-1].split('=')[-1]}"]
+  assert cli.main(["list", path, "--limit", "0"]) == 2
+  assert not os.path.exists(os.path.join(tmp_path, "runs"))  # nothing started
+
+
 # ---------------------------------------------------------------- registry
 
 APPENDER = """
