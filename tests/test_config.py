@@ -86,6 +86,48 @@ def test_bad_file_is_one_clear_error(tmp_path):
     config.load_config(str(tmp_path / "missing.yaml"))
 
 
+@pytest.mark.parametrize("name, content, fragment", [
+    ("list.yaml", b"- model\n- data\n", "got a list"),
+    ("scalar.yaml", b"5\n", "got an int"),
+    ("zero.yaml", b"0\n", "got an int"),
+    ("list.json", b"[]", "got a list"),
+    ("latin1.yaml", "model:\n  name: caf\xe9\n".encode("latin-1"), "not UTF-8 text"),
+])
+def test_config_file_that_is_not_a_mapping_is_one_line_naming_it(tmp_path, capsys, name,
+                                                                 content, fragment):
+  from varjax import cli
+  path = tmp_path / name
+  path.write_bytes(content)
+  with pytest.raises(ConfigError) as err:
+    config.load_config(str(path))
+  assert str(path) in str(err.value) and fragment in str(err.value)
+  assert cli.main(["config", "show", "--config", str(path)]) == 2
+  out = capsys.readouterr()
+  assert out.out == "" and len(out.err.splitlines()) == 1
+  assert out.err.startswith("varjax: error: config: ") and str(path) in out.err
+
+
+def test_empty_config_file_means_no_changes(tmp_path):
+  path = tmp_path / "empty.yaml"
+  path.write_text("# nothing set yet\n")
+  assert config.load_config(str(path)) == config.Config()
+
+
+@pytest.mark.parametrize("raw, steps", [
+    ("1e4", 10000), ("2.5e3", 2500), ("1E2", 100), ("1.0e+4", 10000),
+    ("12345678901234567e3", 12345678901234567000)])  # exact, beyond a float's 53 bits
+def test_exponent_notation_is_an_int_when_exact(raw, steps):
+  assert config.load_config(overrides=[f"--run.steps={raw}"]).run.steps == steps
+  assert isinstance(config.load_config(overrides=[f"--run.steps={raw}"]).run.steps, int)
+
+
+@pytest.mark.parametrize("raw", ["1.5e0", "1e-1", "nan", "inf", "10", "1e4x"])
+def test_int_fields_refuse_inexact_or_non_numeric_strings(tmp_path, raw):
+  with pytest.raises(ConfigError) as err:
+    config.load_config(overrides=[f"--run.steps={raw!r}"])  # quoted: always a string
+  assert err.value.key == "run.steps" and "expected int" in str(err.value)
+
+
 def test_unknown_model_name():
   assert config.model_overrides("var-d20") == {"depth": 20}
   with pytest.raises(ConfigError, match="unknown model name"):

@@ -10,8 +10,10 @@ overrides (`--model.depth=4 --data.dataset=embedded64`), and is saved with every
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import json
 import os
+import re
 import types
 import typing
 from typing import Any, Literal, Mapping, Sequence
@@ -311,6 +313,10 @@ def _type_name(tp: Any) -> str:
   return getattr(tp, "__name__", str(tp))
 
 
+# A number in exponent notation: YAML 1.1 leaves `1e4` and `1.5e3` as strings.
+_EXPONENT_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
   """Checks `value` against the annotation `tp`; converts only where lossless."""
   origin = typing.get_origin(tp)
@@ -346,6 +352,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
       return value
     if isinstance(value, float) and value.is_integer():
       return int(value)  # 1e6 in YAML
+    if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+      exact = decimal.Decimal(value.strip())  # YAML 1.1 reads 1e4 (no dot) as a string
+      if exact == exact.to_integral_value():
+        return int(exact)
   elif tp is float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
       return float(value)
@@ -432,16 +442,30 @@ def merge(base: dict, update: Mapping) -> dict:
 
 
 def read_config_file(path: str) -> dict[str, Any]:
+  """The mapping a YAML or JSON file holds (an empty file: {}); any other content, bytes
+  that are not UTF-8 or an unreadable file raise ConfigError naming the file."""
   if not os.path.isfile(path):
     raise ConfigError("config", f"file not found: {path}")
-  with open(path) as f:
-    text = f.read()
+  try:
+    with open(path, encoding="utf-8") as f:
+      text = f.read()
+  except UnicodeDecodeError as e:
+    raise ConfigError("config", f"{path} is not UTF-8 text (byte {e.start}: "
+                      f"{e.object[e.start:e.start + 1]!r})") from None
+  except OSError as e:
+    raise ConfigError("config", f"cannot read {path}: {e.strerror}") from None
   try:
     values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
   except (json.JSONDecodeError, yaml.YAMLError) as e:
     raise ConfigError("config", f"{path} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: "
                       f"{str(e).splitlines()[0]}") from None
-  return values or {}
+  if values is None:
+    return {}
+  if not isinstance(values, Mapping):
+    name = type(values).__name__
+    raise ConfigError("config", f"{path} must hold a mapping (key: value lines) at the top "
+                      f"level, got {'an' if name[0] in 'aeiou' else 'a'} {name}")
+  return dict(values)
 
 
 def load_config(path: str | None = None, overrides: Sequence[str] | Mapping = (),
