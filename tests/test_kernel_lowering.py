@@ -18,7 +18,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import pytest
-from jax._src.mesh import AbstractDevice, AbstractMesh  # no public constructor yet
+from jax.sharding import AbstractDevice, AbstractMesh
 
 from varjax.kernels import triton_aot
 from varjax.kernels.block_sparse import GPU_TUNING, block_sparse_attention

@@ -55,7 +55,7 @@ class KernelBuild:
 
 def lower_for_gpu(fn, *args, device_kind: str = H100, num_cores: int = 132):
   """jit(fn) lowered for CUDA on an abstract GPU (`args`: arrays or ShapeDtypeStructs)."""
-  from jax._src.mesh import AbstractDevice, AbstractMesh  # no public constructor yet
+  from jax.sharding import AbstractDevice, AbstractMesh
   device = AbstractDevice(device_kind=device_kind, num_cores=num_cores, platform="gpu")
   with jax.sharding.use_abstract_mesh(AbstractMesh((1,), ("x",), abstract_device=device)):
     return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",))
@@ -75,7 +75,7 @@ def lower_attention_gradient(patch_nums, shape_BxLxHxK, dtype, block: int, tunin
 def triton_kernels(lowered) -> list[dict]:
   """The Triton modules embedded in a lowered computation, in order: name, TTIR text,
   num_warps, num_stages, grid."""
-  from jax._src.lib.mlir import ir
+  from jaxlib.mlir import ir
   from jaxlib.triton import dialect as tt_dialect
   module = lowered.compiler_ir("stablehlo")
   tt_dialect.register_dialect(module.context)
