@@ -36,7 +36,7 @@ $(STAMP): setup.cfg pyproject.toml requirements.lock
 	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[$(EXTRAS)]'
 	@touch $@
 
-# libtpu, to compile the TPU kernels ahead of time on any machine (varjax/kernels/tpu_aot.py,
+# libtpu, to compile the TPU kernels ahead of time on any machine (varjax/aot/tpu.py,
 # tests/test_kernel_lowering.py). The version jax[tpu]==0.12.0.1 pins; kept out of
 # site-packages because an importable libtpu makes every JAX start probe for TPUs.
 LIBTPU_VERSION := 0.0.50.1
@@ -53,7 +53,7 @@ $(LIBTPU_STAMP): | $(STAMP)
 # TPU_AOT_ARGS="--train-step --depth 16 --batch 256 --mesh 1,4,1 --topologies v5p:2x2x1"
 # a whole sharded training step, with its HBM per chip (docs/kernels.md).
 tpu-aot: install $(LIBTPU_STAMP)
-	PYTHONPATH=$(LIBTPU) $(PY) -m varjax.kernels.tpu_aot $(TPU_AOT_ARGS)
+	PYTHONPATH=$(LIBTPU) $(PY) -m varjax.aot.tpu $(TPU_AOT_ARGS)
 
 # Re-pin every transitive version from the current venv (run after changing setup.cfg).
 lock: install

@@ -12,7 +12,7 @@ available implementation is timed.
 --quick) under a grid of Triton launch settings (forward block, backward block, warps) and
 prints them fastest first next to the default `GPU_TUNING` (chosen from sm_90 builds, not
 from timings). --builds (any machine, no GPU) builds the same grid for sm_90 with Triton
-and ptxas (`varjax.kernels.triton_aot`) and prints each kernel's registers, spills, shared
+and ptxas (`varjax.aot.gpu`) and prints each kernel's registers, spills, shared
 memory and tensor-core instructions.
 
 Usage: python benchmarks/attention.py [--json] [--batch 1] [--repeats 3] [--quick]
@@ -29,10 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from varjax import scales
 from varjax.kernels import attention as attn
 from varjax.kernels import block_sparse
 from varjax.kernels import mask as mask_lib
-from varjax.models import scales
 
 SHAPES = {"VAR-256": scales.SCHEDULES["256"], "VAR-512": scales.SCHEDULES["512"]}
 HEADS = {"d16": 16, "d24": 24, "d30": 30}
@@ -114,15 +114,15 @@ def _is_default(fwd, bwd, warps, patch_nums) -> bool:
 
 def builds(args) -> list[dict]:
   """sm_90 builds of forward + backward (bf16, head dim 64) for each TUNING_GRID setting."""
-  from varjax.kernels import triton_aot
+  from varjax.aot import gpu as gpu_aot
   shape = "VAR-256" if args.quick else "VAR-512"
   pn = SHAPES[shape]
   x_shape = (args.batch, scales.num_tokens(pn), HEADS["d16"], 64)
   rows = []
   for fwd, bwd, warps in TUNING_GRID:
-    lowered = triton_aot.lower_attention_gradient(pn, x_shape, jnp.bfloat16, fwd,
-                                                  _grid_tuning(bwd, warps))
-    for build in triton_aot.compile_kernels(lowered):
+    lowered = gpu_aot.lower_attention_gradient(pn, x_shape, jnp.bfloat16, fwd,
+                                               _grid_tuning(bwd, warps))
+    for build in gpu_aot.compile_kernels(lowered):
       rows.append({"shape": shape, "block": fwd, "block_bwd": bwd, "num_warps": warps,
                    "kernel": build.name.strip("_"), "registers": build.registers,
                    "spill_bytes": build.stack_bytes, "shared_bytes": build.shared_bytes,

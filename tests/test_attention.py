@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from varjax import scales
 from varjax.kernels import attention as attn
 from varjax.kernels import mask as mask_lib
-from varjax.models import scales
 
 schedules = st.lists(st.integers(1, 12), min_size=1, max_size=7, unique=True).map(
     lambda xs: tuple(sorted(xs)))

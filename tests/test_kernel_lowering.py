@@ -4,9 +4,9 @@ JAX lowers for an abstract device (`jax.sharding.use_abstract_mesh`): the Pallas
 lowering emits the Mosaic module and checks block shapes against the (8, 128) tiling
 rule, SMEM/VMEM placement and the ops Mosaic accepts; the GPU lowering emits Triton IR for
 the device's compute capability. The GPU kernels are then built with the official Triton
-and its bundled ptxas for sm_90 (`varjax.kernels.triton_aot`), which checks registers,
+and its bundled ptxas for sm_90 (`varjax.aot.gpu`), which checks registers,
 spills, shared memory and the tensor-core instructions. The TPU kernels are compiled for
-real by libtpu for compile-only TPU devices (`varjax.kernels.tpu_aot`), Mosaic included.
+real by libtpu for compile-only TPU devices (`varjax.aot.tpu`), Mosaic included.
 What this cannot check is XLA's own Triton build and speed: those need the hardware.
 """
 
@@ -20,11 +20,11 @@ import jax.numpy as jnp
 import pytest
 from jax.sharding import AbstractDevice, AbstractMesh
 
-from varjax.kernels import triton_aot
+from varjax import scales
+from varjax.aot import gpu as gpu_aot
 from varjax.kernels.block_sparse import GPU_TUNING, block_sparse_attention
 from varjax.kernels.block_sparse_tpu import block_sparse_attention_tpu
 from varjax.kernels.splash import splash_attention
-from varjax.models import scales
 
 PN = scales.SCHEDULES["256"]  # L = 680, padded to 768
 
@@ -60,14 +60,14 @@ def test_gpu_layout_kernel_is_rejected_by_mosaic(monkeypatch):
 
 def _gpu_gradient(patch_nums, dtype, tuning=GPU_TUNING, block=128):
   """Forward + backward of our GPU-layout kernel lowered for an abstract H100."""
-  return triton_aot.lower_attention_gradient(
+  return gpu_aot.lower_attention_gradient(
       patch_nums, (2, scales.num_tokens(patch_nums), 16, 64), dtype, block, tuning)
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
 def test_gpu_kernel_lowers_to_triton_for_h100(dtype):
   """With the launch settings `attention(impl="pallas")` uses on a GPU (GPU_TUNING)."""
-  kernels = triton_aot.triton_kernels(_gpu_gradient(PN, dtype))
+  kernels = gpu_aot.triton_kernels(_gpu_gradient(PN, dtype))
   assert [k["name"] for k in kernels] == ["_fwd_kernel", "_dq_kernel", "_dkv_kernel"]
   assert {(k["num_warps"], k["num_stages"]) for k in kernels} == {(8, 2)}
   # (B, H, blocks): forward over 768 / 128 query blocks, backward over 768 / 64 blocks
@@ -79,11 +79,11 @@ def test_gpu_kernel_lowers_to_triton_for_h100(dtype):
 def test_gpu_kernels_build_for_sm90_on_bf16_tensor_cores_without_spills(schedule):
   """Triton -> PTX -> cubin (ptxas) for sm_90: every matmul of the three kernels is a
   Hopper wgmma on bf16, nothing spills, and shared memory fits what a block may use."""
-  builds = triton_aot.compile_kernels(_gpu_gradient(scales.SCHEDULES[schedule], jnp.bfloat16))
+  builds = gpu_aot.compile_kernels(_gpu_gradient(scales.SCHEDULES[schedule], jnp.bfloat16))
   assert len(builds) == 3
   for build in builds:
     assert build.stack_bytes == 0, build.summary()
-    assert 0 < build.shared_bytes <= triton_aot.MAX_SHARED_BYTES_SM90, build.summary()
+    assert 0 < build.shared_bytes <= gpu_aot.MAX_SHARED_BYTES_SM90, build.summary()
     assert build.mma and all(k.startswith("wgmma.mma_async") and k.endswith(".bf16.bf16")
                              for k in build.mma), build.summary()
     assert build.registers <= 255 and ".target sm_90" in build.ptx
@@ -94,10 +94,10 @@ def test_the_build_check_flags_spills_and_fp32_matmuls():
   attention default for head dim 64) spill in our forward kernel, and fp32 inputs give
   tf32 tensor-core matmuls."""
   from varjax.kernels.block_sparse import TritonTuning
-  four_warps = triton_aot.compile_kernels(_gpu_gradient(PN, jnp.bfloat16,
-                                                        TritonTuning(64, 64, 4, 2)))
+  four_warps = gpu_aot.compile_kernels(_gpu_gradient(PN, jnp.bfloat16,
+                                                     TritonTuning(64, 64, 4, 2)))
   assert four_warps[0].name == "_fwd_kernel" and four_warps[0].stack_bytes > 0
-  fp32 = triton_aot.compile_kernels(_gpu_gradient(PN, jnp.float32))
+  fp32 = gpu_aot.compile_kernels(_gpu_gradient(PN, jnp.float32))
   assert all(".tf32.tf32" in k for build in fp32 for k in build.mma)
 
 
@@ -111,14 +111,14 @@ LIBTPU = os.environ.get("VARJAX_LIBTPU_DIR", os.path.join(ROOT, ".venv", "libtpu
 
 
 def _tpu_aot(*args):
-  """`python -m varjax.kernels.tpu_aot --json ...` with libtpu on the path (a subprocess:
+  """`python -m varjax.aot.tpu --json ...` with libtpu on the path (a subprocess:
   libtpu stays out of this one)."""
   if not os.path.isdir(os.path.join(LIBTPU, "libtpu")):
     message = f"libtpu not installed in {LIBTPU}; `make test` installs it"
     pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          "PYTHONPATH": os.pathsep.join(filter(None, [LIBTPU, os.environ.get("PYTHONPATH")]))}
-  out = subprocess.run([sys.executable, "-m", "varjax.kernels.tpu_aot", "--json", *args],
+  out = subprocess.run([sys.executable, "-m", "varjax.aot.tpu", "--json", *args],
                        capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
   assert out.stdout.strip(), out.stderr
   return out.returncode, json.loads(out.stdout)

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from test_var import random_params
+from varjax import scales
 from varjax.config import ModelConfig, TokenizerConfig
 from varjax.errors import VarjaxError
-from varjax.models import sampling, scales, vqvae
+from varjax.models import sampling, vqvae
 
 PN = (1, 2, 3, 4)
 

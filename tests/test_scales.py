@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from varjax.models import scales
+from varjax import scales
 
 
 @pytest.mark.parametrize("name,length", [("256", 680), ("512", 2240), ("32", 30), ("64", 130)])

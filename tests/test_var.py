@@ -11,9 +11,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from conftest import run_varjax
+from varjax import scales
 from varjax.config import ModelConfig
 from varjax.errors import VarjaxError
-from varjax.models import losses, sampling, scales
+from varjax.models import losses, sampling
 from varjax.models.var import VAR, check_labels, count_params, init_std
 
 

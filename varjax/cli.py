@@ -127,7 +127,8 @@ def _cmd_tokenize(args) -> None:
 def _cmd_convert(args) -> None:
   import jax
   from varjax import config
-  from varjax.models import convert, scales, store
+  from varjax import scales
+  from varjax.models import convert, store
   patch_nums = scales.validate(args.patch_nums)
   state = convert.load_state_dict(args.checkpoint)
   if args.what == "var":

@@ -14,7 +14,7 @@ it). Padded queries have end 0: they see nothing and produce 0.
 
 Layout inside the kernels is B H L K; the public function takes B L H K like the rest.
 Runs on CPU with `interpret=True` (the test suite); the test suite also lowers it to Triton
-for an abstract H100 and builds it to sm_90 cubins (`triton_aot.py`). It has not run on a
+for an abstract H100 and builds it to sm_90 cubins (`varjax/aot/gpu.py`). It has not run on a
 GPU yet.
 """
 
@@ -49,7 +49,7 @@ class TritonTuning:
     return plgpu.CompilerParams(num_warps=warps, num_stages=self.num_stages)
 
 
-# What `attention(impl="pallas")` uses on a GPU, chosen from sm_90 builds (triton_aot.py,
+# What `attention(impl="pallas")` uses on a GPU, chosen from sm_90 builds (aot/gpu.py,
 # bf16, head dim 64; tests/test_kernel_lowering.py keeps them true), not from timings:
 # - 8 warps: at 128 x 128 forward blocks 4 warps need 255 registers and spill;
 #   8 warps need 185 and spill nothing.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from varjax.models import scales
+from varjax import scales
 
 
 def padded_length(length: int, block: int) -> int:

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from varjax.models import scales
+from varjax import scales
 
 
 def token_losses(logits_BxLxV: jax.Array, targets_BxL: jax.Array, patch_nums,

@@ -19,7 +19,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from varjax.models import scales
+from varjax import scales
 from varjax.models.var import VAR, check_labels
 
 

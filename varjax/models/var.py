@@ -32,9 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from varjax import scales
 from varjax.config import ModelConfig
 from varjax.kernels import attention as attention_lib
-from varjax.models import scales
 
 LN_EPS = 1e-6
 MAX_LOG_SCALE = math.log(100.0)  # q scale exp(s) is clamped at 100

@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from varjax import scales
 from varjax.config import TokenizerConfig
 from varjax.errors import ConfigError
-from varjax.models import scales
 from varjax.models.resize import area_resize, bicubic_resize
 
 sg = jax.lax.stop_gradient

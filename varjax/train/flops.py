@@ -26,9 +26,10 @@ import time
 import jax
 import jax.numpy as jnp
 
+from varjax import scales
 from varjax.config import ModelConfig
 from varjax.kernels import mask as mask_lib
-from varjax.models import scales, var
+from varjax.models import var
 
 # Dense bf16 peak FLOP/s per chip (vendor figures; H100/H200 SXM without sparsity).
 PEAK_FLOPS: dict[str, float] = {

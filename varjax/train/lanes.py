@@ -34,10 +34,11 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from varjax import config as config_lib, progress as progress_lib
+from varjax import scales
 from varjax.config import Config
 from varjax.data import pipeline
 from varjax.errors import VarjaxError
-from varjax.models import scales, var
+from varjax.models import var
 from varjax.parallel import mesh as mesh_lib, rules
 from varjax.train import checkpoint, loop, metrics as metrics_lib, optimizer, rundir
 from varjax.train import step as step_lib

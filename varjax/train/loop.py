@@ -25,10 +25,11 @@ import jax
 import numpy as np
 
 from varjax import config as config_lib, files, progress as progress_lib
+from varjax import scales
 from varjax.config import Config
 from varjax.data import pipeline, tokens as tokens_lib
 from varjax.errors import VarjaxError
-from varjax.models import scales, store, var
+from varjax.models import store, var
 from varjax.parallel import distributed, mesh as mesh_lib, rules
 from varjax.train import checkpoint, flops as flops_lib, metrics as metrics_lib, optimizer
 from varjax.train import rundir, step as step_lib

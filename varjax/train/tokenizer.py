@@ -29,9 +29,10 @@ import numpy as np
 import optax
 
 from varjax import files, progress as progress_lib
+from varjax import scales
 from varjax.config import Config, OptimConfig
 from varjax.data.pipeline import ImagePipeline, pipeline_from_config
-from varjax.models import scales, store, vqvae
+from varjax.models import store, vqvae
 from varjax.models.vqvae import VQVAE
 from varjax.train import checkpoint, metrics as metrics_lib, optimizer, rundir
 

@@ -10,14 +10,14 @@ libtpu is kept out of `.venv` (importing it makes every JAX start probe for TPUs
 test` installs the version `jax[tpu]` pins into `.venv/libtpu`, and this module is run
 with that directory on PYTHONPATH:
 
-    PYTHONPATH=.venv/libtpu .venv/bin/python -m varjax.kernels.tpu_aot \
+    PYTHONPATH=.venv/libtpu .venv/bin/python -m varjax.aot.tpu \
         [--topologies v4:2x2x1,v5e:1x1,v5p:2x2x1,v6e:1x1] [--schedule 512] [--block 128]
 
 It compiles forward + backward of `pallas` (our Mosaic layout) and `splash`, bf16, head
 dim 64, d16 heads, for each topology and prints one line each; exit status 1 if any fails.
 With `--train-step` it compiles the whole sharded training step instead:
 
-    ... -m varjax.kernels.tpu_aot --train-step --depth 16 --batch 64 --mesh 1,2,2 \
+    ... -m varjax.aot.tpu --train-step --depth 16 --batch 64 --mesh 1,2,2 \
         --topologies v5e:2x2 [--schedule 256]
 
 and reports per device the attention kernels' shapes (each device's own batch rows and
@@ -43,6 +43,8 @@ for _key, _value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_ACCELERATOR_TYPE", "v5li
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+
+from varjax import scales  # noqa: E402
 
 TOPOLOGIES = ("v4:2x2x1", "v5e:1x1", "v5p:2x2x1", "v6e:1x1")
 
@@ -86,7 +88,6 @@ def compile_train_step(depth: int, batch: int, topology: str, mesh_shape=(1, -1,
   batch `batch`, compiled for every device of `topology` on a (data, fsdp, tensor) mesh.
   Returns the compiled step; its memory_analysis() is per device."""
   from varjax.config import MeshConfig, ModelConfig, OptimConfig
-  from varjax.models import scales
   from varjax.models.var import VAR
   from varjax.parallel import mesh as mesh_lib, rules
   from varjax.train import optimizer, step as step_lib
@@ -147,8 +148,8 @@ def _compile_each(args, fields: dict, compile_one, report) -> list[dict]:
 
 
 def main(argv=None) -> int:
-  from varjax.models import scales
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(prog="python -m varjax.aot.tpu",
+                                   description=__doc__.split("\n")[0])
   parser.add_argument("--topologies", default=None,
                       help=f"default {','.join(TOPOLOGIES)}; v5e:2x2 with --train-step")
   parser.add_argument("--schedule", default=None, choices=sorted(scales.SCHEDULES),
@@ -164,7 +165,7 @@ def main(argv=None) -> int:
   parser.add_argument("--json", action="store_true")
   args = parser.parse_args(argv)
   if not have_libtpu():
-    print("tpu_aot: error: libtpu is not importable; `make test` installs it into "
+    print("varjax.aot.tpu: error: libtpu is not importable; `make test` installs it into "
           ".venv/libtpu: run with PYTHONPATH=.venv/libtpu", file=sys.stderr)
     return 2
   if args.train_step:

@@ -2,7 +2,8 @@
 
 A schedule (1, 2, 3, 4) means scale k is a k_side x k_side token grid; the sequence is the
 scales concatenated coarse to fine, L = sum(side^2) tokens. Scale ids and boundaries are
-computed here once; the attention mask (varjax.kernels.mask) and the FLOP counter use them.
+computed here once; the config's default schedule, the attention mask (varjax.kernels.mask),
+the models and the FLOP counter use them. Only NumPy, so every layer of varjax may import it.
 """
 
 from __future__ import annotations
