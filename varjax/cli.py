@@ -38,6 +38,7 @@ def _cmd_data_info(args) -> None:
 
 def _cmd_data_preview(args) -> None:
   from varjax.data import preview, sources
+  _check_image_out(args.out)
   builder = sources.get_builder(args.dataset, args.data_dir)
   source = sources.open_split(args.dataset, args.split, args.data_dir)
   label = builder.info.features["label"]
@@ -52,11 +53,41 @@ def _cmd_config_show(args) -> None:
         end="")
 
 
+# Deeper models are refused: building one traces every block (var-d1024: 40 s on 2 cores,
+# var-d100000 would take hours) and var-d1024 already has 7.9e13 parameters, 40,000 times
+# VAR's largest (var-d30: 2.0e9).
+MAX_DEPTH = 1024
+
+
 def _model_config(args):
   """`--model var-dN` <- `--config FILE` <- dotted overrides -> Config."""
   from varjax import config
+  from varjax.errors import ConfigError
   base = {"model": config.model_overrides(args.model)} if args.model else None
-  return config.load_config(args.config, args.overrides, base=base)
+  cfg = config.load_config(args.config, args.overrides, base=base)
+  if cfg.model.depth > MAX_DEPTH:
+    raise ConfigError("model.depth", f"{cfg.model.depth} is over the limit of {MAX_DEPTH} "
+                      f"(var-d{MAX_DEPTH} has 7.9e13 parameters; deeper ones take hours to build)")
+  return cfg
+
+
+def _check_image_out(path: str) -> None:
+  """Refuses, before any work, an image path that cannot be written: its folder is a file,
+  it is a folder, or its extension names no image format."""
+  from PIL import Image
+  if os.path.isdir(path):
+    raise VarjaxError(f"cannot write {path}: it is a folder; give a file name such as "
+                      f"{os.path.join(path, 'grid.png')}")
+  if os.path.splitext(path)[1].lower() not in Image.registered_extensions():
+    raise VarjaxError(f"cannot write {path}: not an image file name (use .png)")
+  folder = os.path.dirname(os.path.abspath(path))
+  existing = folder
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise VarjaxError(f"cannot write {path}: {existing} is a file, not a folder")
+  if not os.access(existing, os.W_OK):
+    raise VarjaxError(f"cannot write {path}: {existing} is not writable")
 
 
 def _cmd_params(args) -> None:
@@ -96,6 +127,7 @@ def _cmd_tokenizer_preview(args) -> None:
   import numpy as np
   from varjax.data import pipeline, preview
   from varjax.models import store, vqvae
+  _check_image_out(args.out)
   model, params, cfg = store.load_tokenizer(args.tokenizer)
   data = dataclasses.replace(cfg.data, global_batch_size=args.num,
                              **({"data_dir": args.data_dir} if args.data_dir else {}))
@@ -155,6 +187,7 @@ def _cmd_sample(args) -> None:
   from varjax.models import sampling, store
   if args.per_label < 1 or args.batch_size < 1:
     raise VarjaxError("--per-label and --batch-size must be >= 1")
+  _check_image_out(args.out)
   model, params, cfg = store.load_var(args.var)
   tokenizer, tok_params, tok_cfg = store.load_tokenizer(args.tokenizer)
   store.check_same_tokens(cfg, tok_cfg)
@@ -179,8 +212,10 @@ def _cmd_sample(args) -> None:
 def _cmd_train(args) -> None:
   from varjax.parallel import distributed
   distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+  from varjax.kernels import attention
   from varjax.train import loop
   cfg = _model_config(args)
+  attention.resolve_impl(cfg.model.attn_impl, cfg.model.dtype)  # cudnn without a GPU: now
   summary = loop.train(cfg, progress=None if args.progress == "auto" else args.progress == "on")
   print(f"{cfg.run.name}: eval loss {summary['loss']:.4f}, token error "
         f"{summary['token_error']:.2f}% after {summary['steps']} steps "
@@ -206,7 +241,9 @@ def _cmd_flops(args) -> None:
 
 
 def _cmd_bench_train(args) -> None:
+  from varjax.kernels import attention
   from varjax.train import bench
+  attention.resolve_impl(args.attn_impl, args.dtype)
   result = bench.bench_train(args.model, args.patch_nums, args.batch, vocab_size=args.vocab,
                              steps=args.steps, attn_impl=args.attn_impl, dtype=args.dtype)
   print(json.dumps(result, indent=2) if args.json else bench.format_result(result))

@@ -28,22 +28,38 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from varjax.errors import VarjaxError
 from varjax.kernels import mask as mask_lib
 
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash", "pallas")
 
 
 def resolve_impl(impl: str, dtype=jnp.float32, platform: str | None = None) -> str:
-  """`auto` -> splash on TPU, cudnn on GPU for bf16/fp16, xla otherwise."""
+  """`auto` -> splash on TPU, cudnn on GPU for bf16/fp16, xla otherwise. An impl that cannot
+  run on `platform` (default: the default backend's) raises VarjaxError."""
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f"unknown attention impl {impl!r}; choose from {', '.join(IMPLEMENTATIONS)}")
+  backend = platform or jax.default_backend()
+  if impl == "cudnn":
+    if backend != "gpu":
+      raise VarjaxError(
+          f"attention cudnn needs a GPU; this process has {', '.join(sorted(_platforms()))} "
+          f"(the target is {backend}): use model.attn_impl=auto, xla or pallas")
+    if jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
+      raise VarjaxError(f"attention cudnn needs bfloat16 or float16, got {jnp.dtype(dtype)}: "
+                        "set model.dtype=bfloat16 or use model.attn_impl=auto")
   if impl == "auto":
-    backend = platform or jax.default_backend()
     if backend == "tpu":
       return "splash"
     gpu = backend == "gpu"
     return "cudnn" if gpu and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "xla"
   return impl
+
+
+def _platforms() -> list[str]:
+  """The platforms this process can use (cpu, gpu, tpu)."""
+  import jax.extend.backend
+  return list(jax.extend.backend.backends())
 
 
 def attention(q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, v_BxLxHxK: jax.Array,
