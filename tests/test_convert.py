@@ -113,6 +113,23 @@ def test_bad_checkpoints_fail_clearly(tmp_path):
     convert.load_state_dict(str(tmp_path / "missing.pth"))
 
 
+@pytest.mark.parametrize("extra", ["blocks.0.attn.extra.weight", "ema.head.weight",
+                                   "blocks.1.ada_gss"])  # ada_gss: only with shared_aln
+def test_var_leftover_weights_are_refused_like_vqvae(extra):
+  sd = torch_layout_state_dict()
+  convert.convert_var(sd, (1, 2, 3))  # every weight, and the reference's buffers, find a place
+  with pytest.raises(VarjaxError, match=f"1 checkpoint weights have no place in this VAR "
+                                        f"config, e.g. {extra}"):
+    convert.convert_var({**sd, extra: np.zeros(3, np.float32)}, (1, 2, 3))
+
+
+def test_var_missing_weight_is_one_error_naming_it():
+  sd = torch_layout_state_dict()
+  del sd["blocks.1.ffn.fc2.bias"]
+  with pytest.raises(VarjaxError, match="checkpoint has no blocks.1.ffn.fc2.bias"):
+    convert.convert_var(sd, (1, 2, 3))
+
+
 def torch_layout_vqvae(cfg, seed=0):
   """Random weights under the reference VQVAE's names (taming's Encoder/Decoder), written
   from its module structure, independently of our parameter tree."""

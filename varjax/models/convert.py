@@ -89,8 +89,10 @@ def var_config_from_state_dict(sd: StateDict, patch_nums=config_lib.VAR_256_PATC
 
 
 def convert_var(sd: StateDict, patch_nums=config_lib.VAR_256_PATCH_NUMS):
-  """(ModelConfig, params) for varjax.models.var.VAR from a PyTorch VAR state dict."""
+  """(ModelConfig, params) for varjax.models.var.VAR from a PyTorch VAR state dict. Every
+  weight of the checkpoint must find a place (as in convert_vqvae)."""
   cfg = var_config_from_state_dict(sd, patch_nums)
+  sd = _ReadRecorder(sd)
   c = cfg.resolved_width
   f32 = lambda k: np.asarray(sd[k], np.float32)
   params = {
@@ -106,7 +108,7 @@ def convert_var(sd: StateDict, patch_nums=config_lib.VAR_256_PATCH_NUMS):
     params["shared_ada_lin"] = _linear(sd, "shared_ada_lin.1", (6, c))
   for i in range(cfg.depth):
     p = f"blocks.{i}."
-    if np.any(sd.get(p + "attn.zero_k_bias", 0.0)):
+    if p + "attn.zero_k_bias" in sd and np.any(sd[p + "attn.zero_k_bias"]):
       raise ConvertError(f"{p}attn.zero_k_bias is not zero: not VAR's attention")
     block = {
         "attn": {
@@ -123,7 +125,30 @@ def convert_var(sd: StateDict, patch_nums=config_lib.VAR_256_PATCH_NUMS):
     else:
       block["ada_lin"] = _linear(sd, p + "ada_lin.1", (6, c))
     params[f"blocks_{i}"] = block
+  unused = sorted(k for k in sd if k not in sd.read and not _VAR_BUFFERS.fullmatch(k))
+  if unused:
+    raise ConvertError(f"{len(unused)} checkpoint weights have no place in this VAR config, "
+                       f"e.g. {unused[0]}")
   return cfg, {"params": params}
+
+
+# Buffers of the reference that carry no information (checked or recomputed, not copied).
+_VAR_BUFFERS = re.compile(r"lvl_1L|attn_bias_for_masking|blocks\.\d+\.attn\.zero_k_bias")
+
+
+class _ReadRecorder(dict):
+  """A state dict that records the keys read from it, so that leftovers can be refused; a
+  missing key is a ConvertError naming it."""
+
+  def __init__(self, sd: StateDict):
+    super().__init__(sd)
+    self.read: set[str] = set()
+
+  def __getitem__(self, key: str) -> np.ndarray:
+    if key not in self:
+      raise ConvertError(f"checkpoint has no {key}; is it a complete VAR state dict?")
+    self.read.add(key)
+    return super().__getitem__(key)
 
 
 # ------------------------------------------------------------------ tokenizer
