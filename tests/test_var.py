@@ -1,6 +1,7 @@
 """The VAR transformer: published parameter counts, the cache against the full pass, the
 scale-causal mask seen through the whole model, losses and sampling filters against NumPy."""
 
+import dataclasses
 import json
 
 import flax.linen as nn
@@ -136,13 +137,17 @@ def test_condition_drop_and_drop_path_only_in_training():
   dropped = model.apply(params, labels, x, train=True, rngs={"dropout": jax.random.key(0)})
   np.testing.assert_allclose(dropped, model.apply(params, null, x), atol=1e-6)
   assert not np.allclose(model.apply(params, labels, x), dropped, atol=1e-4)
-  # Drop-path: every block dropped (rate -> 1) leaves only embeddings and the head.
+  # Drop-path: random in training (two keys differ), off in evaluation, where the same
+  # params give what the model without drop-path gives.
   cfg = small_cfg(cond_drop_prob=0.0, drop_path_rate=0.5, depth=3)
   model, params = random_params(cfg)
   a = model.apply(params, labels, x, train=True, rngs={"dropout": jax.random.key(1)})
   b = model.apply(params, labels, x, train=True, rngs={"dropout": jax.random.key(2)})
   assert not np.allclose(a, b)
-  np.testing.assert_allclose(model.apply(params, labels, x), model.apply(params, labels, x))
+  without = VAR(dataclasses.replace(cfg, drop_path_rate=0.0)).apply(
+      params, labels, x, train=True, rngs={"dropout": jax.random.key(1)})
+  assert not np.allclose(a, without) and not np.allclose(b, without)
+  np.testing.assert_allclose(model.apply(params, labels, x), without, rtol=1e-6, atol=1e-6)
 
 
 def test_token_losses_match_numpy():
