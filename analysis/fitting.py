@@ -2,7 +2,7 @@
 
 The objective is sum_i w_i huber_delta(log f(x_i; theta) - log y_i) with delta = 1e-3,
 summed and not averaged (averaging shrinks the gradient 240-fold on the Chinchilla data
-and a tolerance-based stop then ends far from the optimum: the trap in DESIGN.md).
+and a tolerance-based stop then ends far from the optimum: docs/analysis.md, Design notes).
 
 All starts of the grid run at once (`optimize.minimize_batched`). To keep the 4500-start
 Chinchilla grid within seconds, every start first gets `screen_iter` L-BFGS iterations;

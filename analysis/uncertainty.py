@@ -5,7 +5,7 @@
   and their starts run in one batch. Replicates start from the original fit's best
   distinct optima, not the 4500-start grid: a resample moves the optimum a little, and the
   test suite checks that the full grid gives the same replicate optima.
-- Prediction intervals: parameter spread alone under-covers new runs (DESIGN.md), so each
+- Prediction intervals: parameter spread alone under-covers new runs (docs/analysis.md), so each
   bootstrap prediction also gets a log residual of the original fit drawn at random.
 - Backtest: refit without the largest runs and predict them (leave-largest-out), reporting
   |predicted - actual| / actual and whether each held-out run fell inside its interval.

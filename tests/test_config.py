@@ -14,7 +14,7 @@ from conftest import run_varjax
 def test_defaults_describe_var_d16_at_256px():
   cfg = config.Config()
   assert (cfg.model.resolved_width, cfg.model.resolved_heads) == (1024, 16)
-  assert cfg.model.num_tokens == 680  # DESIGN: L = 680 for the 256 px schedule
+  assert cfg.model.num_tokens == 680  # VAR's 256 px schedule (docs/models.md)
   assert cfg.model.resolved_drop_path_rate == pytest.approx(0.1 * 16 / 24)
   assert cfg.optim.resolved_peak_lr(512) == pytest.approx(2e-4)  # 1e-4 x 512 / 256
 
