@@ -34,6 +34,20 @@ def test_mask_is_the_scale_causal_definition(pn, block):
       assert rows[:, (n_kb - 1) * block:n_kb * block].any()
 
 
+def test_the_kernels_plan_visits_the_key_blocks_of_the_mask():
+  """The block kernels' plan takes its key blocks from the mask module, also for the
+  backward's 64-wide blocks on the forward's padding. By hand from the 256 px scale ends
+  1, 5, 14, 30, 55, 91, 155, 255, 424, 680: a block sees keys up to the end of the scale
+  of its last query, e.g. queries 0-127 up to 155 -> 2 key blocks of 128."""
+  from varjax.kernels import block_sparse
+  pn = scales.SCHEDULES["256"]
+  assert list(mask_lib.block_key_end(pn, 128, 128)) == [2, 4, 4, 6, 6, 6]
+  _, lp, _, n_kv, _ = block_sparse.plan(pn, 128, 128)
+  assert (lp, list(n_kv)) == (768, [2, 4, 4, 6, 6, 6])
+  _, _, _, n_kv, _ = block_sparse.plan(pn, 64, 64, padded_length=768)
+  assert list(n_kv) == [2, 3, 4, 7, 7, 7, 11, 11, 11, 11, 11, 0]  # the last: pad queries only
+
+
 def test_schedules_and_allowed_fraction():
   assert scales.num_tokens(scales.SCHEDULES["256"]) == 680
   assert scales.num_tokens(scales.SCHEDULES["512"]) == 2240

@@ -72,8 +72,7 @@ def plan(patch_nums, block_q: int, block_k: int, padded_length: int | None = Non
                      "use equal sizes or powers of two")
   ends_p = np.zeros(lp, np.int32)
   ends_p[:length] = ends
-  n_kv = np.array([-(-int(ends_p[i:i + block_q].max()) // block_k)
-                   for i in range(0, lp, block_q)], np.int32)
+  n_kv = mask_lib.block_key_end(patch_nums, block_q, block_k, lp)
   # First query block that needs each key block (n_kv is non-decreasing in the block index).
   first_q = np.array([int(np.argmax(n_kv > kb)) if (n_kv > kb).any() else len(n_kv)
                       for kb in range(lp // block_k)], np.int32)

@@ -35,15 +35,18 @@ def key_prefix_end(patch_nums) -> np.ndarray:
   return bounds[1:][scales.scale_ids(patch_nums)]
 
 
-def block_key_end(patch_nums, block_q: int, block_k: int) -> np.ndarray:
-  """int32[num_q_blocks]: number of key blocks each query block must visit.
+def block_key_end(patch_nums, block_q: int, block_k: int,
+                  padded_to: int | None = None) -> np.ndarray:
+  """int32[Lp // block_q]: number of key blocks each query block must visit, Lp being
+  `padded_to` (default: L padded to block_q). The block kernels' plan uses it.
 
   A query block spans queries [q0, q0 + block_q); its keys are the prefix ending at the
   largest key_prefix_end in the block. Key blocks past that are fully masked: never loaded.
+  A block of pad queries only visits none.
   """
   ends = key_prefix_end(patch_nums)
   length = len(ends)
-  lp = padded_length(length, block_q)
+  lp = padded_to or padded_length(length, block_q)
   out = []
   for q0 in range(0, lp, block_q):
     rows = ends[q0:min(q0 + block_q, length)]
