@@ -312,8 +312,7 @@ def expand(spec: SweepSpec, base_values: dict[str, Any]) -> list[Run]:
       batch = max(spec.batch.multiple_of,
                   int(round(raw / spec.batch.multiple_of)) * spec.batch.multiple_of)
     if spec.lr.rule == "var":
-      base_lr = spec.lr.base_lr or probe.optim.base_lr
-      peak = base_lr * batch / 256
+      peak = config_lib.var_peak_lr(spec.lr.base_lr or probe.optim.base_lr, batch)
     elif spec.lr.rule == "power":
       peak = _rule_value(spec.lr, n, "lr", "lr")
     else:
@@ -361,10 +360,10 @@ def expand(spec: SweepSpec, base_values: dict[str, Any]) -> list[Run]:
 
 
 def decay_start(cfg: Config) -> int:
-  """The first step of a WSD run's decay (varjax.train.optimizer.lr_schedule)."""
-  steps = cfg.run.steps
-  rest = steps - min(cfg.optim.warmup_steps, steps)
-  return steps - max(int(round(rest * cfg.optim.decay_fraction)), 1)
+  """Where a WSD run branches off a longer one: the first step of its decay, or its last
+  step when warmup takes the whole run."""
+  from varjax.train import optimizer
+  return min(optimizer.wsd_decay_start(cfg.optim, cfg.run.steps), cfg.run.steps - 1)
 
 
 def _branch_cooldowns(runs: list[Run]) -> list[Run]:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from varjax import config as config_lib
+from varjax import config as config_lib, scales
 from varjax.models import convert, resize, vqvae
 from varjax.models import var as var_lib
 
@@ -144,7 +144,7 @@ def test_param_counts_equal_official(ref):
   assert var_lib.count_params(config_lib.ModelConfig(depth=16))["total"] == counts["var_d16"]
   assert var_lib.count_params(config_lib.ModelConfig(depth=20))["total"] == counts["var_d20"]
   # The released tokenizer: 256 px, the 10-scale schedule (all 4 Phi convs in use).
-  model = vqvae.build(config_lib.TokenizerConfig(), config_lib.VAR_256_PATCH_NUMS)
+  model = vqvae.build(config_lib.TokenizerConfig(), scales.SCHEDULES["256"])
   image = jax.ShapeDtypeStruct((1, 256, 256, 3), jnp.float32)
   shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), image)["params"]
   assert vqvae.count_params(shapes) == counts["vqvae_ch160v4096z32"]

@@ -268,6 +268,7 @@ def _add_model_report(commands, name: str, func, help_text: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+  from varjax import config as config_lib, scales
   parser = argparse.ArgumentParser(
       prog="varjax", description="Scaling-law research on VAR image generators.")
   commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -348,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
   conv.add_argument("what", choices=("var", "vqvae"))
   conv.add_argument("--checkpoint", required=True, help=".pth (needs the convert extra) or .npz")
   conv.add_argument("--out", required=True, help="model directory to write")
-  conv.add_argument("--patch-nums", type=_int_list, default=[1, 2, 3, 4, 5, 6, 8, 10, 13, 16],
+  conv.add_argument("--patch-nums", type=_int_list, default=list(scales.SCHEDULES["256"]),
                     help="scale schedule (default: VAR's 256 px)")
   conv.add_argument("--config", default=None, help="YAML or JSON config file")
   conv.set_defaults(func=_cmd_convert, takes_overrides=True)
@@ -393,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
   bench_train.add_argument("--vocab", type=int, default=4096)
   bench_train.add_argument("--steps", type=int, default=5, help="timed steps")
   bench_train.add_argument("--attn-impl", default="auto",
-                           choices=("auto", "xla", "splash", "pallas", "cudnn"))
+                           choices=config_lib.ATTN_IMPLS)
   bench_train.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   bench_train.add_argument("--json", action="store_true")
   bench_train.set_defaults(func=_cmd_bench_train)

@@ -20,11 +20,12 @@ from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
-from varjax import files
+from varjax import files, scales
 from varjax.errors import ConfigError
 
-# VAR's 256 px schedule: ten scales, L = 680 tokens, 16 x 16 latent.
-VAR_256_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+# Attention implementations; varjax.kernels.attention dispatches on them.
+AttnImpl = Literal["auto", "xla", "cudnn", "splash", "pallas"]
+ATTN_IMPLS: tuple[str, ...] = typing.get_args(AttnImpl)
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -42,11 +43,11 @@ class ModelConfig:
   vocab_size: int = 4096
   latent_channels: int = 32
   num_classes: int = 1000
-  patch_nums: tuple[int, ...] = VAR_256_PATCH_NUMS
+  patch_nums: tuple[int, ...] = scales.SCHEDULES["256"]  # VAR's 256 px: L = 680
   drop_path_rate: float | None = None  # None: 0.1 * depth / 24
   cond_drop_prob: float = 0.1  # label -> null class, for classifier-free guidance
   shared_aln: bool = False
-  attn_impl: Literal["auto", "xla", "splash", "pallas", "cudnn"] = "auto"
+  attn_impl: AttnImpl = "auto"
   dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; params stay fp32
 
   def __post_init__(self):
@@ -151,6 +152,12 @@ class DataConfig:
            f"must be >= 1, got {self.global_batch_size}")
 
 
+def var_peak_lr(base_lr: float, global_batch_size: int) -> float:
+  """VAR's learning-rate rule: the peak lr grows linearly with the batch, base_lr per 256
+  images (VAR: 1e-4 x B / 256)."""
+  return base_lr * global_batch_size / 256
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
   """AdamW with VAR's recipe: peak lr = base_lr x batch / 256 unless peak_lr is set."""
@@ -179,7 +186,9 @@ class OptimConfig:
     _check(self.grad_accum_steps >= 1, "optim.grad_accum_steps", "must be >= 1")
 
   def resolved_peak_lr(self, global_batch_size: int) -> float:
-    return self.peak_lr if self.peak_lr is not None else self.base_lr * global_batch_size / 256
+    if self.peak_lr is not None:
+      return self.peak_lr
+    return var_peak_lr(self.base_lr, global_batch_size)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,10 +28,11 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from varjax.config import ATTN_IMPLS
 from varjax.errors import VarjaxError
 from varjax.kernels import mask as mask_lib
 
-IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash", "pallas")
+IMPLEMENTATIONS = ATTN_IMPLS  # the values of the config's model.attn_impl
 
 
 def resolve_impl(impl: str, dtype=jnp.float32, platform: str | None = None) -> str:

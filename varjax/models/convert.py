@@ -17,7 +17,7 @@ from typing import Mapping
 
 import numpy as np
 
-from varjax import config as config_lib
+from varjax import config as config_lib, scales
 from varjax.errors import VarjaxError
 
 StateDict = Mapping[str, np.ndarray]
@@ -64,7 +64,7 @@ def _linear(sd: StateDict, name: str, out_shape: tuple[int, ...] | None = None,
   return tree
 
 
-def var_config_from_state_dict(sd: StateDict, patch_nums=config_lib.VAR_256_PATCH_NUMS
+def var_config_from_state_dict(sd: StateDict, patch_nums=scales.SCHEDULES["256"]
                                ) -> config_lib.ModelConfig:
   """The ModelConfig a VAR state dict was trained with (the schedule must be given: it is
   not recoverable from the shapes alone, only checked against them)."""
@@ -88,7 +88,7 @@ def var_config_from_state_dict(sd: StateDict, patch_nums=config_lib.VAR_256_PATC
   return cfg
 
 
-def convert_var(sd: StateDict, patch_nums=config_lib.VAR_256_PATCH_NUMS):
+def convert_var(sd: StateDict, patch_nums=scales.SCHEDULES["256"]):
   """(ModelConfig, params) for varjax.models.var.VAR from a PyTorch VAR state dict. Every
   weight of the checkpoint must find a place (as in convert_vqvae)."""
   cfg = var_config_from_state_dict(sd, patch_nums)

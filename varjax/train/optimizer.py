@@ -40,14 +40,21 @@ def lr_schedule(optim: OptimConfig, total_steps: int, global_batch_size: int,
   elif optim.schedule == "cosine":
     decay = optax.cosine_decay_schedule(peak, rest, alpha=optim.min_lr_ratio)
   else:  # wsd
-    decay_steps = max(int(round(rest * optim.decay_fraction)), 1)
+    stable = wsd_decay_start(optim, total_steps) - warm
     decay = optax.join_schedules([optax.constant_schedule(peak),
-                                  optax.linear_schedule(peak, low, decay_steps)],
-                                 [rest - decay_steps])
+                                  optax.linear_schedule(peak, low, rest - stable)], [stable])
   if warm == 0:
     return decay
   return optax.join_schedules([optax.linear_schedule(peak * WARMUP_START, peak, warm), decay],
                               [warm])
+
+
+def wsd_decay_start(optim: OptimConfig, total_steps: int) -> int:
+  """The first step of the WSD decay: after warmup the last `decay_fraction` of the steps
+  (at least one) decay linearly. Sweeps branch shorter runs off a longer one here."""
+  warm = min(optim.warmup_steps, total_steps)
+  rest = max(total_steps - warm, 1)
+  return warm + rest - max(int(round(rest * optim.decay_fraction)), 1)
 
 
 def var_decay_mask(params):

@@ -1,0 +1,67 @@
+"""Facts the code states once, pinned to values worked out independently of it.
+
+Each is defined in one place and imported by the rest: the 256 px schedule
+(varjax.scales), VAR's lr rule (varjax.config.var_peak_lr), the WSD decay start
+(varjax.train.optimizer.wsd_decay_start), the attention implementations
+(varjax.config.AttnImpl). The key blocks each query block visits
+(varjax.kernels.mask.block_key_end) are pinned in test_attention.py.
+"""
+
+import jax.numpy as jnp
+import pytest
+
+from sweeps import spec as spec_lib
+from varjax import cli, config, scales
+from varjax.errors import ConfigError
+from varjax.kernels import attention
+from varjax.train import optimizer
+
+
+def test_the_256px_schedule_is_vars_everywhere():
+  # FoundationVision/VAR: patch_nums 1, 2, 3, 4, 5, 6, 8, 10, 13, 16; L = 680.
+  published = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+  assert scales.SCHEDULES["256"] == published
+  assert scales.num_tokens(published) == 680 == sum(p * p for p in published)
+  assert config.ModelConfig().patch_nums == published
+  args = cli.build_parser().parse_args(["convert", "var", "--checkpoint", "a.pth",
+                                        "--out", "m"])
+  assert tuple(args.patch_nums) == published
+
+
+@pytest.mark.parametrize("batch, peak", [(256, 1e-4), (512, 2e-4), (768, 3e-4), (64, 2.5e-5)])
+def test_the_var_lr_rule(batch, peak):
+  # VAR: lr = base 1e-4 x global batch / 256.
+  assert config.var_peak_lr(1e-4, batch) == pytest.approx(peak)
+  assert config.OptimConfig().resolved_peak_lr(batch) == pytest.approx(peak)
+  assert config.OptimConfig(peak_lr=3e-3).resolved_peak_lr(batch) == 3e-3
+
+
+def test_the_wsd_decay_start_is_where_the_lr_first_falls():
+  optim = config.OptimConfig(schedule="wsd", warmup_steps=100, decay_fraction=0.2)
+  # 1000 steps: 100 of warmup, then of the other 900 the last 180 decay -> from step 820.
+  assert optimizer.wsd_decay_start(optim, 1000) == 820
+  lr = optimizer.lr_schedule(optim, 1000, 256)
+  assert float(lr(100)) == float(lr(819)) == float(lr(820)) == pytest.approx(1e-4)
+  assert float(lr(821)) < 1e-4
+  cfg = config.replace(config.Config(), optim={"schedule": "wsd", "warmup_steps": 100},
+                       run={"steps": 1000})
+  assert spec_lib.decay_start(cfg) == 820  # where a 1000-step sweep run branches off
+  # A run that is all warmup has no decay: it ends before its decay would start, and a
+  # sweep branches it at its last step.
+  assert optimizer.wsd_decay_start(optim, 50) == 50
+  assert spec_lib.decay_start(config.replace(cfg, run={"steps": 50})) == 49
+
+
+def test_the_attention_implementations_are_one_list():
+  impls = ("auto", "xla", "cudnn", "splash", "pallas")
+  assert config.ATTN_IMPLS == impls
+  parser = cli.build_parser()
+  for impl in impls:
+    assert config.ModelConfig(attn_impl=impl).attn_impl == impl
+    assert parser.parse_args(["bench", "train", "--attn-impl", impl]).attn_impl == impl
+    if impl != "auto":  # the dispatcher knows each (cudnn on a GPU, in bf16)
+      assert attention.resolve_impl(impl, jnp.bfloat16, "gpu") == impl
+  with pytest.raises(ConfigError, match="model.attn_impl"):
+    config.from_dict({"model": {"attn_impl": "flash"}})
+  with pytest.raises(ValueError, match="unknown attention impl"):
+    attention.resolve_impl("flash")
