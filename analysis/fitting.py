@@ -8,12 +8,16 @@ All starts of the grid run at once (`optimize.minimize_batched`). To keep the 45
 Chinchilla grid within seconds, every start first gets `screen_iter` L-BFGS iterations;
 the `keep` best are then run to convergence. A slow test checks that the screened fit
 equals the fit that runs every one of the 4500 starts to convergence (which takes 2 min).
+
+On a terminal, each batched minimisation shows a progress bar on stderr (iterations, and
+how many starts are still active); elsewhere (logs, CI, notebooks) it stays silent.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 from typing import Mapping
 
 import jax
@@ -64,22 +68,47 @@ def _objective(law: Law, feats, log_y, delta):
   return fun
 
 
+# The bar that the compiled minimiser's host callback advances: the callback is compiled
+# into a cached program, so it cannot close over a bar of its own. It is compiled in
+# whether or not a bar shows, because its presence changes XLA's fusion and so the last
+# bits of the result: a fit in a terminal equals the same fit in a log.
+_bars: list = []
+
+
+def _advance_bar(iteration, active) -> None:
+  if _bars and not _bars[-1].disable:
+    bar = _bars[-1]
+    bar.set_postfix(active=int(active), refresh=False)
+    bar.update(int(iteration) - bar.n)
+
+
 @functools.lru_cache(maxsize=64)
 def _compiled(law: Law, n: int, delta: float, max_iter: int):
   """One jitted minimiser per (law, data size, budget); data are arguments, not constants."""
   def run(feats, log_y, x0, weights):
     return minimize_batched(_objective(law, feats, log_y, delta), x0, (weights,),
-                            max_iter=max_iter)
+                            max_iter=max_iter, on_iteration=_advance_bar)
   return jax.jit(run)
 
 
 def minimize_law(law: Law, feats, log_y: np.ndarray, x0_SxP: np.ndarray,
-                 weights_SxN: np.ndarray, *, delta: float, max_iter: int):
-  with jax.enable_x64(True):
-    run = _compiled(law, len(log_y), float(delta), int(max_iter))
-    out = run(tuple(jnp.asarray(f) for f in feats), jnp.asarray(log_y),
-              jnp.asarray(x0_SxP, jnp.float64), jnp.asarray(weights_SxN, jnp.float64))
-    return jax.tree.map(np.asarray, out)
+                 weights_SxN: np.ndarray, *, delta: float, max_iter: int, desc: str = ""):
+  from tqdm import tqdm
+  # disable=None: a bar only when stderr is a terminal.
+  bar = tqdm(total=max_iter, desc=desc or law.name, unit="it", file=sys.stderr, disable=None,
+             leave=False, dynamic_ncols=True)
+  _bars.append(bar)
+  try:
+    with jax.enable_x64(True):
+      run = _compiled(law, len(log_y), float(delta), int(max_iter))
+      out = run(tuple(jnp.asarray(f) for f in feats), jnp.asarray(log_y),
+                jnp.asarray(x0_SxP, jnp.float64), jnp.asarray(weights_SxN, jnp.float64))
+      out = jax.tree.map(np.asarray, out)
+    bar.refresh()
+    return out
+  finally:
+    _bars.pop()
+    bar.close()
 
 
 def _distinct_best(x_SxP: np.ndarray, f_S: np.ndarray, k: int) -> np.ndarray:
@@ -108,13 +137,13 @@ def fit_law(law: Law, inputs: Mapping[str, np.ndarray], y: np.ndarray, *,
   n = len(y)
   if len(x0) > keep:
     screened = minimize_law(law, feats, log_y, x0, np.ones((len(x0), n)), delta=delta,
-                            max_iter=screen_iter)
+                            max_iter=screen_iter, desc=f"{law.name}: screen {len(x0)} starts")
     x_keep = screened.x_SxP[np.argsort(np.where(np.isfinite(screened.f_S),
                                                 screened.f_S, np.inf))[:keep]]
   else:
     x_keep = x0
   final = minimize_law(law, feats, log_y, x_keep, np.ones((len(x_keep), n)), delta=delta,
-                       max_iter=max_iter)
+                       max_iter=max_iter, desc=f"{law.name}: fit {len(x_keep)} starts")
   f = np.where(np.isfinite(final.f_S), final.f_S, np.inf)
   best = int(np.argmin(f))
   if not np.isfinite(f[best]):

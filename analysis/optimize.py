@@ -31,11 +31,15 @@ class MinimizeResult(NamedTuple):
 
 def minimize_batched(fun: Callable[..., jax.Array], x0_SxP: jax.Array, args_S=(), *,
                      max_iter: int = 1000, history: int = 10, gtol: float = 1e-10,
-                     ftol: float = 1e-14, max_backtracks: int = 30) -> MinimizeResult:
+                     ftol: float = 1e-14, max_backtracks: int = 30,
+                     on_iteration: Callable[[jax.Array, jax.Array], None] | None = None,
+                     every: int = 10) -> MinimizeResult:
   """Minimises `fun(x, *args)` (R^P -> R) from every row of `x0_SxP` with L-BFGS (jit-able).
 
   `args_S` is a tuple of arrays with a leading axis S: per-start data (for example the
   bootstrap weights of each replicate), so different problems can share one batch.
+  `on_iteration(iteration, active_starts)`, if given, is called on the host every `every`
+  iterations (a progress bar); it does not change the result.
 
   Stops a start when max|grad| <= gtol, or when the objective decreased by less than
   ftol * max(1, |f|) over one iteration, or when the line search finds no decrease.
@@ -144,6 +148,10 @@ def minimize_batched(fun: Callable[..., jax.Array], x0_SxP: jax.Array, args_S=()
                  st.it + move.astype(jnp.int32), st.k + 1)
 
   def cond(st: State):
+    if on_iteration is not None:  # here, not in `step`, where it would change fusion
+      jax.lax.cond(st.k % every == 0,
+                   lambda: jax.debug.callback(on_iteration, st.k, jnp.sum(st.active)),
+                   lambda: None)
     return jnp.any(st.active & ~st.converged) & (st.k < max_iter)
 
   state = state._replace(active=state.active & ~state.converged)

@@ -80,7 +80,8 @@ def bootstrap(fit: Fit, num_replicates: int = 200, seed: int = 0,
   weights = np.repeat(counts_KxN, k, axis=0)
   law = fit.law
   out = minimize_law(law, law.features(fit.inputs), np.log(fit.y), x0, weights,
-                     delta=fit.delta, max_iter=max_iter)
+                     delta=fit.delta, max_iter=max_iter,
+                     desc=f"{law.name}: bootstrap {num_replicates} x {k} starts")
   f = np.where(np.isfinite(out.f_S), out.f_S, np.inf).reshape(num_replicates, k)
   best = np.argmin(f, axis=1)
   thetas = out.x_SxP.reshape(num_replicates, k, -1)[np.arange(num_replicates), best]
