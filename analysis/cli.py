@@ -2,20 +2,26 @@
 
 Data come from `--csv FILE` or `--runs DIR` (a registry read by `load_runs`); columns are
 chosen by role: `--n-col` (parameters N), `--d-col` (tokens D) or `--c-col` (FLOPs C, with
-D = C / (6 N)), `--loss-col`, `--fid-col`. Every user mistake exits 2 with one line.
+D = C / (6 N)), `--loss-col`, `--fid-col`. Every user mistake exits 2 with one line, checked
+before any fit; a file that cannot be read or written exits 1 with one line. Warnings print
+as one `analysis: warning: ...` line each.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
 
 from analysis import compute_optimal, laws
+from analysis.arguments import (at_point, check_output_dir, count, fraction, positive_int,
+                                positive_number, replicates)
 from analysis.fitting import Fit, fit_law
 from analysis.uncertainty import Bootstrap, bootstrap, leave_largest_out
 from analysis.validate import AnalysisError
@@ -40,6 +46,8 @@ def read_table(args) -> pd.DataFrame:
     table = load_runs(args.runs)
     if table.empty:
       raise AnalysisError(f"no finished runs (summary.json) under {args.runs}")
+  if args.drop_top_loss and args.drop_top_loss >= len(table):
+    raise AnalysisError(f"--drop-top-loss {args.drop_top_loss} drops all {len(table)} rows")
   if args.drop_top_loss:
     table = table.sort_values(args.loss_col).iloc[:-args.drop_top_loss] \
         if args.loss_col in table else table
@@ -54,35 +62,33 @@ def column(table: pd.DataFrame, name: str, flag: str) -> np.ndarray:
   return values
 
 
+def data_column(table: pd.DataFrame, name: str, flag: str) -> np.ndarray:
+  """A column every fitted row needs: missing or non-numeric values are refused, naming
+  the runs (a registry) or CSV lines that hold them."""
+  values = column(table, name, flag)
+  bad = np.isnan(values)
+  if bad.any():
+    if "run_dir" in table.columns:
+      where = list(table["run_dir"][bad].astype(str))
+      unit = "run"
+    else:
+      where = [str(i + 2) for i in table.index[bad]]  # line 1 is the header
+      unit = "CSV line"
+    shown = ", ".join(where[:5]) + (f" and {len(where) - 5} more" if len(where) > 5 else "")
+    raise AnalysisError(f"{flag} {name!r} is missing or not a number (NaN) in {len(where)} "
+                        f"{unit}(s): {shown}")
+  return values
+
+
 def nd_inputs(table, args) -> dict[str, np.ndarray]:
-  n = column(table, args.n_col, "--n-col")
+  n = data_column(table, args.n_col, "--n-col")
   if args.d_col:
-    d = column(table, args.d_col, "--d-col")
+    d = data_column(table, args.d_col, "--d-col")
   elif args.c_col:
-    d = column(table, args.c_col, "--c-col") / (6.0 * n)
+    d = data_column(table, args.c_col, "--c-col") / (6.0 * n)
   else:
     raise AnalysisError("give --d-col (tokens) or --c-col (training FLOPs)")
   return {"N": n, "D": d}
-
-
-def parse_at(specs: list[str]) -> list[dict[str, float]]:
-  points = []
-  for spec in specs or []:
-    point = {}
-    for part in spec.split(","):
-      key, _, value = part.partition("=")
-      if key.strip() not in ("N", "D", "C") or not value:
-        raise AnalysisError(f"--at {spec!r}: expected N=...,D=... (or N=...,C=...)")
-      try:
-        point[key.strip()] = float(value)
-      except ValueError:
-        raise AnalysisError(f"--at {spec!r}: {value!r} is not a number") from None
-    if "C" in point and "N" in point and "D" not in point:
-      point["D"] = point["C"] / (6 * point["N"])
-    if not {"N", "D"} <= set(point):
-      raise AnalysisError(f"--at {spec!r}: needs N and D (or N and C)")
-    points.append(point)
-  return points
 
 
 # ---------------------------------------------------------------- fitting
@@ -119,6 +125,26 @@ def predictions(fit: Fit, boot: Bootstrap | None, points) -> list[dict]:
 
 # A fitted floor under this fraction of the lowest observed loss means the runs show none.
 FLOOR_FRACTION = 0.01
+# A term under this fraction of the loss at every run is one the runs do not show.
+TERM_FRACTION = 1e-3
+
+
+def unseen_terms(fit: Fit) -> list[str]:
+  """Warnings for terms of an L(N, D) law that stay under TERM_FRACTION of the loss at
+  every run: the fit then sends their exponents anywhere (alpha = 140 when the loss does
+  not depend on N) and nothing that depends on them is determined by the data."""
+  p, n, d, y = fit.params, fit.inputs["N"], fit.inputs["D"], fit.y
+  with np.errstate(over="ignore", under="ignore"):
+    if fit.law.name == "chinchilla":
+      terms = [("N", "A / N^alpha", f"alpha = {p['alpha']:.3g}", p["A"] * n ** -p["alpha"]),
+               ("D", "B / D^beta", f"beta = {p['beta']:.3g}", p["B"] * d ** -p["beta"])]
+    else:
+      terms = [("N or D", "L - E", f"eta = {p['eta']:.3g}", fit.predict(fit.inputs) - p["E"])]
+  return [f"{fit.law.name}: the runs show no dependence on {role}: {term} is under "
+          f"{TERM_FRACTION:.1%} of the loss at every run ({exponent}), so that exponent, the "
+          f"allocation and forecasts that vary {role} are not determined by the data. Add runs "
+          f"that vary {role}, or check the columns."
+          for role, term, exponent, value in terms if np.all(value < TERM_FRACTION * y)]
 
 
 def fit_lnd(law_name: str, inputs, y, args) -> tuple[Fit, list[str]]:
@@ -140,7 +166,7 @@ def fit_lnd(law_name: str, inputs, y, args) -> tuple[Fit, list[str]]:
         f"({lowest:.4g}): these runs show no floor, so the law is a sum of power laws whose "
         f"forecasts fall toward 0 far from the data (optimistic). Add larger or longer runs, "
         f"or fix the floor with --fix-e (from a larger study or the data's entropy).")
-  return fit, notes
+  return fit, notes + unseen_terms(fit)
 
 
 def fit_report(law_name: str, inputs, y, args) -> tuple[Fit, Bootstrap | None, dict]:
@@ -175,10 +201,8 @@ def fit_report(law_name: str, inputs, y, args) -> tuple[Fit, Bootstrap | None, d
 def cmd_fit(args) -> dict:
   table = read_table(args)
   inputs = nd_inputs(table, args)
-  y = column(table, args.loss_col, "--loss-col")
+  y = data_column(table, args.loss_col, "--loss-col")
   names = list(LND) if args.law == "auto" else [args.law]
-  if args.law == "auto" and args.no_backtest:
-    raise AnalysisError("--law auto chooses by backtest; drop --no-backtest")
   results = {name: fit_report(name, inputs, y, args) for name in names}
   if args.law == "auto":
     chosen = min(names, key=lambda n: results[n][2]["backtest"]["mean_relative_error"])
@@ -188,9 +212,8 @@ def cmd_fit(args) -> dict:
   if args.law == "auto":
     report["candidates"] = {n: {"backtest": results[n][2]["backtest"],
                                 "objective": results[n][2]["objective"]} for n in names}
-  points = parse_at(args.at)
-  if points:
-    report["predict"] = predictions(fit, boot, points)
+  if args.at:
+    report["predict"] = predictions(fit, boot, args.at)
   if args.plot_dir:
     from analysis import plots
     report["plots"] = report.get("plots", []) + plots.fit_plots(fit, boot, args.plot_dir)
@@ -198,14 +221,12 @@ def cmd_fit(args) -> dict:
 
 
 def cmd_forecast(args) -> dict:
-  if not args.at and not args.flops:
-    raise AnalysisError("give --at N=...,D=... and/or --flops C")
   table = read_table(args)
   inputs = nd_inputs(table, args)
-  y = column(table, args.loss_col, "--loss-col")
+  y = data_column(table, args.loss_col, "--loss-col")
   fit, notes = fit_lnd(args.law, inputs, y, args)
   boot = bootstrap(fit, args.bootstrap or 200, seed=args.seed)
-  points = parse_at(args.at)
+  points = list(args.at)
   alloc = allocation_of(fit)
   for c in args.flops or []:
     n = float(alloc.n_opt(c))
@@ -250,7 +271,7 @@ def cmd_report(args) -> dict:
   args.at, args.flops = [], []
   table = read_table(args)
   inputs = nd_inputs(table, args)
-  y = column(table, args.loss_col, "--loss-col")
+  y = data_column(table, args.loss_col, "--loss-col")
   fit, boot, report = fit_report(args.law, inputs, y, args)
   os.makedirs(args.out, exist_ok=True)
   report["plots"] = report.get("plots", []) + plots.fit_plots(fit, boot, args.out)
@@ -266,8 +287,24 @@ def cmd_report(args) -> dict:
     report["plots"].append(plots.fid_plot(6 * inputs["N"] * inputs["D"], fid, args.fid_col,
                                           os.path.join(args.out, "fid_vs_compute.png")))
   with open(os.path.join(args.out, "report.json"), "w") as f:
-    json.dump(report, f, indent=2, default=float)
+    json.dump(jsonable(report), f, indent=2, allow_nan=False)
   return report
+
+
+# ---------------------------------------------------------------- arguments
+
+def check_args(args) -> None:
+  """What one argument's type cannot check: combinations, output directories."""
+  if args.d_col and args.c_col:
+    raise AnalysisError("give --d-col or --c-col, not both")
+  if args.command == "fit" and args.law == "auto" and args.no_backtest:
+    raise AnalysisError("--law auto chooses by backtest; drop --no-backtest")
+  if args.command == "forecast" and not args.at and not args.flops:
+    raise AnalysisError("give --at N=...,D=... and/or --flops C")
+  if getattr(args, "plot_dir", None):
+    check_output_dir(args.plot_dir, "--plot-dir")
+  if getattr(args, "out", None):
+    check_output_dir(args.out, "--out")
 
 
 # ---------------------------------------------------------------- parser
@@ -280,22 +317,30 @@ def _data_args(p, registry_defaults: bool = False):
   p.add_argument("--c-col", default=None, help="training FLOPs column (D = C / 6N)")
   p.add_argument("--loss-col", default="loss")
   p.add_argument("--fid-col", default=None, help="FID (or fd_<net>) column")
-  p.add_argument("--drop-top-loss", type=int, default=0, metavar="K",
+  p.add_argument("--drop-top-loss", type=count, default=0, metavar="K",
                  help="drop the K highest-loss rows first (Epoch drops 5 on Chinchilla)")
-  p.add_argument("--bootstrap", type=int, default=0, metavar="K", help="bootstrap replicates")
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--fix-e", type=float, default=None, metavar="E",
+  p.add_argument("--bootstrap", type=replicates, default=0, metavar="K",
+                 help="bootstrap replicates (0: none; forecast and plan then use 200)")
+  p.add_argument("--seed", type=count, default=0)
+  p.add_argument("--fix-e", type=positive_number, default=None, metavar="E",
                  help="fix the irreducible loss E of an L(N, D) law instead of fitting it")
   p.add_argument("--json", action="store_true", help="print JSON")
 
 
+class _Parser(argparse.ArgumentParser):
+  """argparse that reports a mistake in one line, like every other refusal here."""
+
+  def error(self, message: str):
+    self.exit(2, f"analysis: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.split("\n")[0])
+  parser = _Parser(prog="python -m analysis", description=__doc__.split("\n")[0])
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   fit = sub.add_parser("fit", help="fit an L(N, D) law")
   _data_args(fit)
   fit.add_argument("--law", choices=[*LND, "auto"], default="chinchilla")
-  fit.add_argument("--at", action="append", default=[], metavar="N=..,D=..",
+  fit.add_argument("--at", action="append", type=at_point, default=[], metavar="N=..,D=..",
                    help="predict at this point (repeatable)")
   fit.add_argument("--no-backtest", action="store_true")
   fit.add_argument("--plot-dir", default=None)
@@ -303,18 +348,18 @@ def build_parser() -> argparse.ArgumentParser:
   fc = sub.add_parser("forecast", help="loss (and FID) with intervals at new N, D or C")
   _data_args(fc)
   fc.add_argument("--law", choices=LND, default="chinchilla")
-  fc.add_argument("--at", action="append", default=[], metavar="N=..,D=..")
-  fc.add_argument("--flops", action="append", type=float, default=[],
+  fc.add_argument("--at", action="append", type=at_point, default=[], metavar="N=..,D=..")
+  fc.add_argument("--flops", action="append", type=positive_number, default=[],
                   help="compute-optimal forecast at this FLOP budget (repeatable)")
   fc.set_defaults(func=cmd_forecast, no_backtest=True)
   plan = sub.add_parser("plan", help="N_opt, D_opt, loss/FID and wall time for a budget")
   _data_args(plan)
-  plan.add_argument("--flops", dest="plan_flops", type=float, required=True)
+  plan.add_argument("--flops", dest="plan_flops", type=positive_number, required=True)
   plan.add_argument("--law", choices=LND, default="chinchilla")
   plan.add_argument("--accelerator", default="h100",
                     choices=sorted(compute_optimal.PEAK_FLOPS))
-  plan.add_argument("--mfu", type=float, default=0.4)
-  plan.add_argument("--chips", type=int, default=1)
+  plan.add_argument("--mfu", type=fraction, default=0.4)
+  plan.add_argument("--chips", type=positive_int, default=1)
   plan.set_defaults(func=cmd_plan, no_backtest=True)
   rep = sub.add_parser("report", help="fit, backtest, Approach 2 and all plots into --out")
   _data_args(rep)
@@ -324,9 +369,26 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def jsonable(value):
+  """`value` as plain JSON: numpy scalars and arrays as Python ones, NaN and +-inf as null
+  (JSON has neither; Python's json would write them anyway)."""
+  if isinstance(value, dict):
+    return {str(k): jsonable(v) for k, v in value.items()}
+  if isinstance(value, np.ndarray):
+    value = value.tolist()
+  if isinstance(value, (list, tuple)):
+    return [jsonable(v) for v in value]
+  if isinstance(value, np.generic):
+    value = value.item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
 def _print(report: dict, as_json: bool) -> None:
+  report = jsonable(report)
   if as_json:
-    print(json.dumps(report, indent=2, default=float))
+    print(json.dumps(report, indent=2, allow_nan=False))
     return
   for key, value in report.items():
     if key == "warnings":
@@ -335,17 +397,27 @@ def _print(report: dict, as_json: bool) -> None:
     elif isinstance(value, float):
       print(f"{key:>22}: {value:.6g}")
     else:
-      print(f"{key:>22}: {json.dumps(value, default=float)}")
+      print(f"{key:>22}: {json.dumps(value, allow_nan=False)}")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+  print(f"analysis: warning: {' '.join(str(message).splitlines())}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
-  import warnings
-  warnings.formatwarning = lambda message, *_, **__: f"analysis: warning: {message}\n"
-  args = build_parser().parse_args(argv)
-  try:
-    report = args.func(args)
-  except AnalysisError as e:
-    print(f"analysis: error: {e}", file=sys.stderr)
-    return 2
+  # Warnings print as one line during the command only: the process-wide format stays.
+  with warnings.catch_warnings():
+    warnings.showwarning = _show_warning
+    args = build_parser().parse_args(argv)
+    try:
+      check_args(args)
+      report = args.func(args)
+    except AnalysisError as e:
+      print(f"analysis: error: {e}", file=sys.stderr)
+      return 2
+    except OSError as e:  # a file that cannot be read or written
+      where = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
+      print(f"analysis: error: {where}", file=sys.stderr)
+      return 1
   _print(report, args.json)
   return 0

@@ -43,9 +43,29 @@ def run_dirs(path: str) -> list[str]:
   return found
 
 
+class _Unreadable(Exception):
+  """One line naming the file and why it cannot be read."""
+
+
+def _read_object(path: str) -> dict:
+  try:
+    with open(path, encoding="utf-8") as f:
+      value = json.load(f)
+  except UnicodeDecodeError:
+    raise _Unreadable(f"{path} (not valid UTF-8)") from None
+  except json.JSONDecodeError as e:
+    raise _Unreadable(f"{path} (invalid JSON: {e})") from None
+  except OSError as e:
+    raise _Unreadable(f"{path} ({e.strerror or e})") from None
+  if not isinstance(value, dict):
+    raise _Unreadable(f"{path} (not a JSON object)")
+  return value
+
+
 def load_runs(path: str) -> pd.DataFrame:
-  """A DataFrame of the finished runs under `path` (unfinished ones are skipped, with a
-  warning that counts them). Columns: `run` (directory name), `run_dir`, summary keys,
+  """A DataFrame of the finished runs under `path`. Unfinished runs are skipped with a
+  warning that counts them; runs whose summary, config or sweep file cannot be read (not
+  UTF-8, not JSON, not an object) with one warning line naming each file. Columns: `run` (directory name), `run_dir`, summary keys,
   `config.*` keys."""
   rows, unfinished, broken = [], 0, []
   for run_dir in run_dirs(path):
@@ -54,16 +74,12 @@ def load_runs(path: str) -> pd.DataFrame:
       unfinished += 1
       continue
     try:
-      with open(summary_path) as f:
-        summary = json.load(f)
-      with open(os.path.join(run_dir, "config.json")) as f:
-        config = json.load(f)
-      sweep = {}
-      if os.path.exists(os.path.join(run_dir, "sweep.json")):
-        with open(os.path.join(run_dir, "sweep.json")) as f:
-          sweep = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-      broken.append(f"{run_dir} ({e})")
+      summary = _read_object(summary_path)
+      config = _read_object(os.path.join(run_dir, "config.json"))
+      sweep_path = os.path.join(run_dir, "sweep.json")
+      sweep = _read_object(sweep_path) if os.path.exists(sweep_path) else {}
+    except _Unreadable as e:
+      broken.append(str(e))
       continue
     row = {"run": os.path.basename(run_dir), "run_dir": run_dir}
     _flatten("", summary, row)

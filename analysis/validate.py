@@ -31,6 +31,9 @@ def check_fit_data(law, inputs: Mapping[str, np.ndarray], y: np.ndarray) -> None
     if law.positive_inputs is None or role in law.positive_inputs:
       check_positive_finite(role, inputs[role])
   check_positive_finite("the target", y)
+  if np.ptp(y) <= 1e-12 * np.max(y):  # a law fitted to a constant sends its exponents anywhere
+    raise AnalysisError(f"the target is constant ({y[0]:g} at all {n} points): there is "
+                        "nothing to fit; check the loss (or target) column")
   if n <= law.num_params:
     raise AnalysisError(f"{law.name} has {law.num_params} parameters but only {n} points; "
                         f"it needs at least {law.num_params + 1}")

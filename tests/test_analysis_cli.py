@@ -21,6 +21,18 @@ def analysis(*args, timeout=600):
                         text=True, timeout=timeout)
 
 
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+  """`python -m analysis ARGV` in-process (a subprocess costs seconds of imports):
+  (exit code, stdout, stderr)."""
+  from analysis.cli import main
+  try:
+    rc = main([str(a) for a in argv])
+  except SystemExit as e:  # argparse
+    rc = e.code
+  out, err = capsys.readouterr()
+  return rc, out, err
+
+
 def synthetic_table(seed=0, noise=0.003):
   rng = np.random.default_rng(seed)
   n = np.repeat(np.geomspace(1e7, 1e9, 6), 5)
@@ -143,20 +155,20 @@ def test_report_writes_plots_and_both_allocation_estimates(tmp_path):
     (lambda t: t.assign(params=1e8), "two distinct values of N"),
     (lambda t: t.drop(columns="tokens"), "'tokens' is not a column"),
 ])
-def test_bad_data_is_one_clear_line(tmp_path, mutate, message):
+def test_bad_data_is_one_clear_line(tmp_path, capsys, mutate, message):
   path = tmp_path / "bad.csv"
   mutate(synthetic_table()).to_csv(path, index=False)
-  out = analysis("fit", "--csv", str(path), "--d-col", "tokens", "--no-backtest")
-  assert out.returncode == 2
-  assert "Traceback" not in out.stderr
-  assert out.stderr.count("\n") == 1 and message in out.stderr
+  rc, _, err = run_cli(capsys, "fit", "--csv", path, "--d-col", "tokens", "--no-backtest")
+  assert rc == 2
+  assert "Traceback" not in err
+  assert err.count("\n") == 1 and message in err
 
 
-def test_missing_inputs_are_one_clear_line(tmp_path):
-  out = analysis("fit", "--csv", str(tmp_path / "nope.csv"), "--d-col", "tokens")
-  assert out.returncode == 2 and "CSV file not found" in out.stderr
-  out = analysis("plan", "--flops", "1e20", "--runs", str(tmp_path / "none"))
-  assert out.returncode == 2 and "does not exist" in out.stderr
+def test_missing_inputs_are_one_clear_line(tmp_path, capsys):
+  rc, _, err = run_cli(capsys, "fit", "--csv", tmp_path / "nope.csv", "--d-col", "tokens")
+  assert rc == 2 and "CSV file not found" in err
+  rc, _, err = run_cli(capsys, "plan", "--flops", "1e20", "--runs", tmp_path / "none")
+  assert rc == 2 and "does not exist" in err
 
 
 def test_a_fit_without_a_floor_is_flagged_and_the_floor_can_be_fixed(tmp_path, capsys):
