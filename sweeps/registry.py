@@ -25,17 +25,19 @@ import os
 import socket
 import time
 import traceback
-from typing import Any, Iterator
+from typing import Any
 
 from varjax import files
+from varjax.train import rundir
 
 EVENTS_FILE = "registry.jsonl"
 ERROR_FILE = "error.json"
-LOCK_FILE = ".lock"
+LOCK_FILE = rundir.LOCK_FILE
 
 
-class Busy(Exception):
-  """Another process holds the run's lock."""
+# The run lock is the trainer's own (`varjax train` takes it too): one definition.
+Busy = rundir.RunBusy
+run_lock = rundir.run_lock
 
 
 def append_event(out_dir: str, run: str, event: str, **fields: Any) -> None:
@@ -66,22 +68,6 @@ def events(out_dir: str) -> list[dict[str, Any]]:
       if line.strip():
         out.append(json.loads(line))
   return out
-
-
-@contextlib.contextmanager
-def run_lock(directory: str) -> Iterator[None]:
-  """Holds the run's lock for the block; raises Busy at once if another process has it.
-  The kernel drops a flock when its process dies, so a killed run never stays locked."""
-  os.makedirs(directory, exist_ok=True)
-  fd = os.open(os.path.join(directory, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
-  try:
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      raise Busy(directory) from None
-    yield
-  finally:
-    os.close(fd)
 
 
 def status(directory: str) -> str:

@@ -182,8 +182,9 @@ def test_damaged_checkpoint_is_skipped_and_sigterm_saves(setup, tmp_path):
         with open(os.path.join(root, name), "wb") as f:
           f.write(b"garbage")
   cfg = config_lib.load_config(path, ["--run.steps=40"])
-  with pytest.warns(UserWarning, match="unreadable"):
+  with pytest.warns(UserWarning, match="unreadable") as caught:
     summary = loop.train(cfg, progress=False, log=lambda m: None)
+  assert len(caught) == 1
   assert summary["resumed_at_step"] == saved[-2]
   assert [s for s, _ in fx.train_losses(run_dir)] == list(range(1, 41))
 
@@ -197,7 +198,8 @@ def test_finished_run_is_not_retrained_and_other_configs_are_refused(setup, tmp_
   assert loop.train(cfg, progress=False, log=messages.append) == first
   assert "finished run" in messages[0]
   other = config_lib.replace(cfg, optim={"peak_lr": 1e-2})
-  with pytest.raises(VarjaxError, match="another config.*optim.peak_lr"):
+  with pytest.raises(VarjaxError, match=r"another config \(optim.peak_lr: 0.003 -> 0.01\).*"
+                                        r"start over by deleting .*checkpoints"):
     loop.train(other, progress=False, log=lambda m: None)
 
 
@@ -219,7 +221,8 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
   values = fx.tiny_config(setup, str(tmp_path))
   result = run_varjax("train", "--config", fx.write_config(values, str(tmp_path / "n.yaml")))
   assert result.returncode == 2, result.stderr
-  assert "training loss is nan at step 1" in result.stderr
+  assert "training loss is not finite (nan or inf) at step 1;" in result.stderr
+  assert "No checkpoint was written yet" in result.stderr
   assert not os.path.exists(str(tmp_path / "tiny" / "summary.json"))
 
 

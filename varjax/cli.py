@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
 import time
+import warnings
 
 from varjax import hostmem
 from varjax.errors import Preempted, VarjaxError
@@ -414,20 +416,83 @@ def main(argv: list[str] | None = None) -> int:
   return run_command(args.func, args, "varjax")
 
 
+def _quiet_library_logs() -> None:
+  """Orbax and TFDS log routine notes through absl at WARNING ("directory is read only",
+  ...); a command's own output and one-line errors are what a user should read."""
+  import logging
+  logging.getLogger("absl").setLevel(logging.ERROR)
+
+
 def run_command(func, args, prog: str, interrupted: str = "interrupted") -> int:
   """Runs a command's function (its int result, or 0, is the exit status); a user mistake
-  is one line on stderr and status 2, SIGTERM after a checkpoint 143, Ctrl-C 130."""
-  try:
-    return func(args) or 0
-  except Preempted as e:
-    print(f"{prog}: {e}", file=sys.stderr)
-    return e.exit_code
-  except VarjaxError as e:
-    print(f"{prog}: error: {e}", file=sys.stderr)
-    return 2
-  except KeyboardInterrupt:
-    print(f"{prog}: {interrupted}", file=sys.stderr)
-    return 130
+  is one line on stderr and status 2, an environment failure (disk full, read-only files,
+  out of memory) one line and status 1, SIGTERM or Ctrl-C after a checkpoint 143 / 130,
+  a Ctrl-C elsewhere 130. Warnings print as one line each while the command runs."""
+  _quiet_library_logs()
+  def one_line(message, category, *rest, **kwargs):
+    text = str(message).strip()
+    print(f"{prog}: warning: {text.splitlines()[0] if text else category.__name__}",
+          file=sys.stderr)
+
+  with warnings.catch_warnings():  # restored afterwards: callers' warnings are untouched
+    warnings.showwarning = one_line
+    try:
+      return func(args) or 0
+    except Preempted as e:
+      print(f"{prog}: {e}", file=sys.stderr)
+      return e.exit_code
+    except VarjaxError as e:
+      print(f"{prog}: error: {e}", file=sys.stderr)
+      return 2
+    except KeyboardInterrupt:
+      print(f"{prog}: {interrupted}", file=sys.stderr)
+      return 130
+    except Exception as e:  # noqa: BLE001 -- environment failures get one line, bugs a traceback
+      message = environment_failure(e)
+      if message is None:
+        raise
+      print(f"{prog}: error: {message}", file=sys.stderr)
+      return 1
+
+
+# errno of an OSError that the machine, not the program, caused.
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                       errno.EROFS: "the file system is read-only",
+                       errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+                       errno.EFBIG: "the file is too large for this file system or limit"}
+
+
+_TENSORSTORE_ERRNOS = {f"os_error_code='{code}'": (message, os.strerror(code))
+                       for code, message in _ENVIRONMENT_ERRNOS.items()}
+
+
+def environment_failure(error: BaseException) -> str | None:
+  """One line for an error the environment caused (found anywhere in the chain of causes:
+  orbax and TensorFlow wrap the OSError), or None for anything else."""
+  seen, current = set(), error
+  while current is not None and id(current) not in seen:
+    seen.add(id(current))
+    text = str(current)
+    if isinstance(current, OSError) and current.errno in _ENVIRONMENT_ERRNOS:
+      where = f" ({current.filename})" if current.filename else ""
+      return (f"{_ENVIRONMENT_ERRNOS[current.errno]}{where}: {current.strerror}. Earlier "
+              "checkpoints are intact (a checkpoint is written whole or not at all); fix it "
+              "and rerun the same command to resume")
+    for code, (message, strerror) in _TENSORSTORE_ERRNOS.items():
+      if code in text:  # tensorstore (orbax's writer) reports errno only in its text
+        return (f"{message}: {strerror} while saving ({text.splitlines()[0][:160]}). "
+                "Earlier checkpoints are intact (a checkpoint is written whole or not at all); "
+                "fix it and rerun the same command to resume")
+    if ("RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+        or isinstance(current, MemoryError)):
+      first = next((line for line in text.splitlines()
+                    if "RESOURCE_EXHAUSTED" in line or "out of memory" in line.lower()),
+                   "out of memory")
+      return (f"out of memory ({first.strip()[:160]}); lower data.global_batch_size, raise "
+              "optim.grad_accum_steps, shard over more devices (mesh.fsdp) or use a smaller "
+              "model")
+    current = current.__cause__ or current.__context__
+  return None
 
 
 if __name__ == "__main__":

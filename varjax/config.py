@@ -232,6 +232,9 @@ class RunConfig:
   # checkpoint at that step instead of from scratch. For WSD cool-downs: the other run has
   # the same config up to its length, so both are identical until this run's decay starts.
   warm_start: str | None = None
+  # When every checkpoint of the run is unreadable: train again from step 0 (True) instead
+  # of stopping with an error (False).
+  restart_if_damaged: bool = False
 
   def __post_init__(self):
     _check(bool(self.name) and "/" not in self.name, "run.name",

@@ -21,6 +21,13 @@ class DataError(VarjaxError):
 
 
 class Preempted(VarjaxError):
-  """SIGTERM arrived and a checkpoint was written; the CLI exits with 143 (128 + SIGTERM)
-  and the same command resumes."""
+  """SIGTERM or Ctrl-C arrived and a checkpoint was written; the CLI exits with 143
+  (128 + SIGTERM) or 130 (128 + SIGINT) and the same command resumes."""
   exit_code = 143
+
+  @classmethod
+  def after_save(cls, reason: str, step: int, where: str = "") -> "Preempted":
+    error = cls(f"{reason}: saved step {step}" + (f" in {where}" if where else "")
+                + "; rerun the same command to resume")
+    error.exit_code = 130 if reason == "Ctrl-C" else 143
+    return error

@@ -22,8 +22,8 @@ lane axis and sharded like a single run's within it; the K x B batch is split ov
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
 import time
 from typing import Any, Callable
 
@@ -33,15 +33,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from varjax import config as config_lib, progress as progress_lib
+from varjax import config as config_lib
 from varjax import scales
 from varjax.config import Config
 from varjax.data import pipeline
 from varjax.errors import VarjaxError
 from varjax.models import var
 from varjax.parallel import mesh as mesh_lib, rules
-from varjax.train import checkpoint, loop, metrics as metrics_lib, optimizer, rundir
-from varjax.train import step as step_lib
+from varjax.train import accounting as accounting_lib, checkpoint, loop, metrics as metrics_lib
+from varjax.train import optimizer, rundir, step as step_lib, steploop
 
 # Config keys lanes may differ in; everything else must be equal.
 LANE_KEYS = (("run", "name"), ("run", "seed"), ("optim", "peak_lr"), ("optim", "base_lr"))
@@ -59,12 +59,14 @@ def _lane_shardings(shardings, mesh):
   return jax.tree.map(lambda s: NamedSharding(mesh, P(None, *s.spec)), shardings)
 
 
-def _restore(ckpts: list[checkpoint.Checkpoints], target) -> tuple[list, int] | None:
+def _restore(ckpts: list[checkpoint.Checkpoints], target,
+             restart_if_damaged: bool) -> tuple[list, int] | None:
   """Every lane's state at the newest step all lanes have (a kill between two lanes' saves
   leaves them one checkpoint apart), or None when some lane has none."""
   at_most = min((c.steps() or [0])[-1] for c in ckpts)
   while at_most > 0:
-    restored = [c.restore_latest(target, at_most=at_most) for c in ckpts]
+    restored = [c.restore_latest(target, at_most=at_most, restart_if_damaged=restart_if_damaged)
+                for c in ckpts]
     if any(r is None for r in restored):
       return None
     steps = {int(r[1]["step"]) for r in restored}
@@ -87,15 +89,22 @@ def train_lanes(cfgs: list[Config], *, progress: bool | None = None,
                       "learning rate; these differ in more (run them separately)")
   if jax.process_count() > 1:
     raise VarjaxError("lanes run in one process; use BACKEND=local for multi-host runs")
+  scales.validate(cfgs[0].model.patch_nums)
+  directories = [rundir.run_dir(c) for c in cfgs]
+  with contextlib.ExitStack() as cleanup:  # everything opened is closed, whatever stops us
+    for directory, c in zip(directories, cfgs):
+      cleanup.enter_context(rundir.run_lock(directory))
+      rundir.claim(directory, c, log=log)
+      if rundir.finished_summary(directory) is not None:
+        raise VarjaxError(f"{directory} is finished; lanes take unfinished runs only")
+    return _train(cfgs, directories, cleanup, start_wall, progress=progress, log=log,
+                  on_step=on_step, devices=devices)
+
+
+def _train(cfgs: list[Config], directories: list[str], cleanup: contextlib.ExitStack,
+           start_wall: float, *, progress, log, on_step, devices) -> list[dict[str, Any]]:
   k = len(cfgs)
   cfg = cfgs[0]
-  scales.validate(cfg.model.patch_nums)
-  directories = [rundir.run_dir(c) for c in cfgs]
-  for directory, c in zip(directories, cfgs):
-    rundir.claim(directory, c)
-    if rundir.finished_summary(directory) is not None:
-      raise VarjaxError(f"{directory} is finished; lanes take unfinished runs only")
-
   # ---- mesh, data (one order per lane), tokenizer
   mesh = mesh_lib.make_mesh(cfg.mesh, devices)
   batch = cfg.data.global_batch_size
@@ -115,11 +124,13 @@ def train_lanes(cfgs: list[Config], *, progress: bool | None = None,
   if any(c.run.warm_start for c in cfgs):
     raise VarjaxError("lanes start from scratch; train warm-started runs (run.warm_start) "
                       "on their own")
-  ckpts = [checkpoint.Checkpoints(d, c.run.keep_checkpoints, c.run.keep_steps)
-           for d, c in zip(directories, cfgs)]
+  ckpts = []
+  for d, c in zip(directories, cfgs):
+    ckpts.append(checkpoint.Checkpoints(d, c.run.keep_checkpoints, c.run.keep_steps))
+    cleanup.callback(ckpts[-1].close)
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract, shardings)
-  restored = _restore(ckpts, target)
+  restored = _restore(ckpts, target, restart_if_damaged=cfg.run.restart_if_damaged)
   if restored is None:
     # One vmapped init over the seeds: the same draws as each run's own init, one compile.
     seeds = jnp.asarray([c.run.seed for c in cfgs], jnp.int32)
@@ -152,10 +163,6 @@ def train_lanes(cfgs: list[Config], *, progress: bool | None = None,
                    out_shardings=(lane_sh, rules.replicated(mesh)), donate_argnums=(0,))
   eval_step = step_lib.make_eval_step(model, mesh, shardings["params"])
 
-  def train_step(stacked, flat_batch):
-    with jax.set_mesh(mesh), rules.rules_context():
-      return jitted(stacked, flat_batch, peaks)
-
   def lane_batch(step: int):
     positions = pipeline.sample_positions(step, batch)
     locals_ = [d.local(positions) for d in train_data]
@@ -164,92 +171,75 @@ def train_lanes(cfgs: list[Config], *, progress: bool | None = None,
               "label": np.concatenate([l["label"] for l in locals_])}
     return first_data.global_batch(merged)
 
-  accs = [loop.accounting(c, mesh) for c in cfgs]
-  log(f"{k} lanes of {loop.describe_run(cfg, accs[0], mesh, '...', first_step)}: "
+  accs = [accounting_lib.accounting(c, mesh) for c in cfgs]
+  log(f"{k} lanes of {accounting_lib.describe_run(cfg, accs[0], mesh, '...', first_step)}: "
       + ", ".join(f"{c.run.name} (seed {c.run.seed}, lr {float(p):.3g})"
                   for c, p in zip(cfgs, peaks)))
-  writers = [metrics_lib.MetricsWriter(d) for d in directories]
+  writers = []
+  for d in directories:
+    writers.append(metrics_lib.MetricsWriter(d))
+    cleanup.callback(writers[-1].close)
   errors: list[str | None] = [None] * k
-  preempt = checkpoint.PreemptionFlag()
-  bar = progress_lib.bar(total=steps, initial=first_step, desc=f"{k} lanes", unit="step",
-                         enabled=progress)
 
-  def save_all(step_done: int):
+  # ---- the loop: what a step, a log line, an evaluation and a checkpoint are
+  def one_step(step: int):
+    nonlocal state
+    tok, label = lane_batch(step)
+    with jax.set_mesh(mesh), rules.rules_context():
+      state, m = jitted(state, prepare(tok, label), peaks)
+    return m
+
+  def write_log(done_steps: int, m, rate: float, train_time: float):
+    for i in range(k):
+      if errors[i] is None:
+        record = accounting_lib.train_record(jax.tree.map(lambda v: v[i], m), accs[i],
+                                             done_steps, rate, train_time, batch)
+        writers[i].write(done_steps, "train", dict(record, lanes=k))
+
+  def evaluate_now(done_steps: int):
+    for i in range(k):
+      if errors[i] is None:
+        writers[i].write(done_steps, "eval", loop.evaluate(
+            eval_step, take(state, i)["params"], eval_data, prepare, cfg.run.eval_examples))
+
+  def save(done_steps: int):
     for i, ckpt in enumerate(ckpts):
-      ckpt.save(step_done, take(state, i), {"step": step_done, "examples_seen": step_done * batch,
-                                            "wall_time": time.time(), "lanes": k})
+      ckpt.save(done_steps, take(state, i), {"step": done_steps, "examples_seen": done_steps * batch,
+                                             "wall_time": time.time(), "lanes": k})
 
-  train_time, window_start, window_steps = 0.0, time.perf_counter(), 0
-  try:
-    for step in range(first_step, steps):
-      tok, label = lane_batch(step)
-      state, m = train_step(state, prepare(tok, label))
-      m = jax.device_get(m)
-      window_steps += 1
-      done_steps = step + 1
-      for i in range(k):
-        if errors[i] is None and not math.isfinite(float(m["loss"][i])):
-          errors[i] = (f"the training loss is {float(m['loss'][i])} at step {done_steps} "
-                       f"(lane {i} of {k}); lower its learning rate")
-          log(f"{cfgs[i].run.name}: {errors[i]}")
-      if done_steps % cfg.run.log_every == 0 or done_steps == steps:
-        elapsed = time.perf_counter() - window_start
-        train_time += elapsed
-        rate = window_steps / max(elapsed, 1e-9)
-        for i in range(k):
-          if errors[i] is None:
-            record = loop.train_record(jax.tree.map(lambda v: v[i], m), accs[i], done_steps,
-                                       rate, train_time, batch)
-            writers[i].write(done_steps, "train", dict(record, lanes=k))
-        alive = [float(m["loss"][i]) for i in range(k) if errors[i] is None]
-        if alive:
-          bar.set_postfix(loss=f"{min(alive):.4f}..{max(alive):.4f}")
-        window_start, window_steps = time.perf_counter(), 0
-      bar.update(1)
-      pausing = False
-      if done_steps % cfg.run.eval_every == 0 and done_steps < steps:
-        for i in range(k):
-          if errors[i] is None:
-            result = loop.evaluate(eval_step, take(state, i)["params"], eval_data, prepare,
-                                   cfg.run.eval_examples)
-            writers[i].write(done_steps, "eval", result)
-        pausing = True
-      if preempt.reached(done_steps):
-        save_all(done_steps)
-        raise checkpoint.Preempted(f"SIGTERM: saved step {done_steps} of {k} lanes; rerun "
-                                   "the same command to resume")
-      if ((done_steps % cfg.run.checkpoint_every == 0 or done_steps in cfg.run.keep_steps)
-          and done_steps < steps):
-        save_all(done_steps)
-        pausing = True
-      if pausing:
-        window_start = time.perf_counter()
-      if on_step is not None:
-        on_step(done_steps)
-    bar.close()
+  def nonfinite(first_bad):  # a diverging lane fails alone; the others go on
+    for i in range(k):
+      if errors[i] is None and first_bad[i] >= 0:
+        errors[i] = (f"the training loss is not finite (nan or inf) at step {int(first_bad[i])} "
+                     f"(lane {i} of {k}); lower its learning rate")
+        log(f"{cfgs[i].run.name}: {errors[i]}")
 
-    # ---- end: per lane final evaluation, checkpoint, params, summary (last)
-    save_all(steps)
-    results: list[dict[str, Any]] = []
-    for i, c in enumerate(cfgs):
-      if errors[i] is not None:
-        results.append({"error": errors[i]})
-        continue
-      lane_state = take(state, i)
-      last_eval = loop.evaluate(eval_step, lane_state["params"], eval_data, prepare,
-                                c.run.eval_examples)
-      writers[i].write(steps, "eval", last_eval)
-      summary = loop.run_summary(c, accs[i], last_eval, first_step=first_step,
-                                 train_time=train_time, wall_time=time.time() - start_wall,
-                                 mesh=mesh, tokenizer_dir=tokenizer_dir)
-      summary["lanes"] = k
-      params = loop.host_params(lane_state["params"], mesh)
-      results.append(loop.finish(c, directories[i], params, summary, progress, log))
-    return results
-  finally:
-    bar.close()
-    preempt.restore()
-    for writer in writers:
-      writer.close()
-    for ckpt in ckpts:
-      ckpt.close()
+  def postfix(m):
+    alive = [float(m["loss"][i]) for i in range(k) if errors[i] is None]
+    return {"loss": f"{min(alive):.4f}..{max(alive):.4f}"} if alive else {}
+
+  step_loop = steploop.StepLoop.for_run(cfg.run, first_step, desc=f"{k} lanes",
+                                        progress=progress, on_step=on_step, postfix=postfix,
+                                        saved_where=f"each of the {k} lanes' run directories")
+  step_loop.run(steploop.Hooks(step=one_step, log=write_log, evaluate=evaluate_now, save=save,
+                               nonfinite=nonfinite))
+
+  # ---- end: per lane final evaluation, checkpoint, params, summary (last)
+  save(steps)
+  results: list[dict[str, Any]] = []
+  for i, c in enumerate(cfgs):
+    if errors[i] is not None:
+      results.append({"error": errors[i]})
+      continue
+    lane_state = take(state, i)
+    last_eval = loop.evaluate(eval_step, lane_state["params"], eval_data, prepare,
+                              c.run.eval_examples)
+    writers[i].write(steps, "eval", last_eval)
+    summary = accounting_lib.run_summary(c, accs[i], last_eval, first_step=first_step,
+                                         train_time=step_loop.train_time,
+                                         wall_time=time.time() - start_wall, mesh=mesh,
+                                         tokenizer_dir=tokenizer_dir)
+    summary["lanes"] = k
+    params = loop.host_params(lane_state["params"], mesh)
+    results.append(loop.finish(c, directories[i], params, summary, progress, log))
+  return results

@@ -82,6 +82,13 @@ class MetricsWriter:
   def close(self) -> None:
     if self._file is not None:
       self._file.close()
+      self._file = None
     if self._tb is not None:
-      self._tb.flush()
-      self._tb.close()
+      try:
+        self._tb.close()
+      except OSError:  # a full or read-only disk: metrics.jsonl is the record, TB is a view
+        # tensorboardX retries a failed close at exit and prints a traceback then; mark its
+        # writers closed so the one-line error the CLI prints stays the only one.
+        for writer in (self._tb.all_writers or {}).values():
+          writer.event_writer._closed = True
+      self._tb = None

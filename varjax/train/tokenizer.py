@@ -8,16 +8,17 @@ losses; we leave those out: the scaling study needs a fixed, reproducible tokeni
 the best FID. Codes unused for `dead_after` steps are re-initialised from residual vectors
 the quantiser saw in the current batch, so the vocabulary stays in use.
 
-A run directory (run.out_dir / run.name) holds config.json, metrics.jsonl (one JSON object
-per log line), checkpoints/<step>/ (orbax, periodic; varjax.train.checkpoint, shared
-with the VAR trainer), params.msgpack (final) and summary.json. SIGTERM saves a checkpoint
-and stops (exit 143 from the CLI); the same command resumes. `varjax.models.store.load_tokenizer(run_dir)` gives back (model, params, config).
+A run directory (run.out_dir / run.name; varjax.train.rundir) holds config.json,
+metrics.jsonl (varjax.train.metrics: "train" and "eval" records), checkpoints/<step>/
+(orbax, periodic; varjax.train.checkpoint), params.msgpack (final) and summary.json: the
+same files, cadence and step loop as the VAR trainer (varjax.train.steploop). SIGTERM or
+Ctrl-C saves a checkpoint and stops (exit 143 / 130 from the CLI); the same command
+resumes. `varjax.models.store.load_tokenizer(run_dir)` gives back (model, params, config).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import time
@@ -28,13 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from varjax import files, progress as progress_lib
 from varjax import scales
 from varjax.config import Config, OptimConfig
 from varjax.data.pipeline import ImagePipeline, pipeline_from_config
 from varjax.models import store, vqvae
 from varjax.models.vqvae import VQVAE
-from varjax.train import checkpoint, metrics as metrics_lib, optimizer, rundir
+from varjax.errors import VarjaxError
+from varjax.train import checkpoint, metrics as metrics_lib, optimizer, rundir, steploop
 
 # preset -> (dataset, resolution, schedule): what `--preset` sets besides the tokenizer.
 PRESET_DATA: dict[str, tuple[str, int, tuple[int, ...]]] = {
@@ -168,6 +169,12 @@ def restart_dead_codes(params, last_used_V: np.ndarray, step: int, rest_NxC: np.
 
 # ------------------------------------------------------------------ loop
 
+@jax.jit
+def _mark_used(last_used_V, counts_SxV, step):
+  """Codes used at any scale in this step get `step` as their last use (on the device)."""
+  return jnp.where(counts_SxV.sum(axis=0) > 0, step, last_used_V).astype(jnp.int32)
+
+
 def train_tokenizer(cfg: Config, *, progress: bool | None = None,
                     log: Callable[[str], None] = print,
                     on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
@@ -177,19 +184,27 @@ def train_tokenizer(cfg: Config, *, progress: bool | None = None,
   ages, the running mean image), the data order and the dead-code restarts are functions
   of the step, so a run restarted after a crash continues from its last checkpoint and ends
   with the same parameters as an uninterrupted run. A finished run is not retrained; a run
-  directory holding another config is refused. `on_step(step)` is called after each step.
+  directory holding another config is refused (varjax.train.rundir). The step cadence is
+  the VAR trainer's (varjax.train.steploop); `on_step(step)` is called after each step.
   """
   start = time.time()
   patch_nums = scales.validate(cfg.model.patch_nums)
   vqvae.check_image_size((1, cfg.data.resolution, cfg.data.resolution, 3), cfg.tokenizer,
                          patch_nums)
-  run_dir = os.path.join(cfg.run.out_dir, cfg.run.name)
-  rundir.claim(run_dir, cfg)
-  if os.path.isfile(os.path.join(run_dir, "summary.json")):
-    log(f"{run_dir} is a finished run of this config; nothing to do")
-    with open(os.path.join(run_dir, "summary.json")) as f:
-      return json.load(f)
+  run_dir = rundir.run_dir(cfg)
+  with contextlib.ExitStack() as cleanup:  # everything opened is closed, whatever stops us
+    cleanup.enter_context(rundir.run_lock(run_dir))
+    rundir.claim(run_dir, cfg, log=log)
+    done = rundir.finished_summary(run_dir)
+    if done is not None:
+      log(f"{run_dir} is a finished run of this config; nothing to do")
+      return done
+    return _train(cfg, run_dir, patch_nums, cleanup, start, progress=progress, log=log,
+                  on_step=on_step)
 
+
+def _train(cfg: Config, run_dir: str, patch_nums, cleanup: contextlib.ExitStack, start: float,
+           *, progress, log, on_step) -> dict[str, Any]:
   # ---- input
   train_data = pipeline_from_config(cfg.data, cfg.data.train_split, cfg.run.seed)
   eval_data = pipeline_from_config(cfg.data, cfg.data.eval_split, cfg.run.seed, crop="center")
@@ -197,7 +212,8 @@ def train_tokenizer(cfg: Config, *, progress: bool | None = None,
   # ---- model and optimizer
   model = vqvae.build(cfg.tokenizer, patch_nums)
   params = vqvae.init_params(model, cfg.run.seed, cfg.data.resolution)
-  tx = make_optimizer(cfg.optim, cfg.run.steps, cfg.data.global_batch_size)
+  batch_size = cfg.data.global_batch_size
+  tx = make_optimizer(cfg.optim, cfg.run.steps, batch_size)
   opt_state = tx.init(params)
   train_step = make_train_step(model, tx)
   # Arrays in the orbax state; counters in the checkpoint's JSON record.
@@ -206,95 +222,84 @@ def train_tokenizer(cfg: Config, *, progress: bool | None = None,
            "image_sum": np.zeros((cfg.data.resolution,) * 2 + (3,), np.float32)}
   record = {"step": 0, "restarts": 0, "image_count": 0, "train_time": 0.0}
   ckpts = checkpoint.Checkpoints(run_dir, cfg.run.keep_checkpoints)
-  restored = ckpts.restore_latest(state)
+  cleanup.callback(ckpts.close)
+  restored = ckpts.restore_latest(state, restart_if_damaged=cfg.run.restart_if_damaged)
   if restored is not None:
     state, record = restored
   first_step = int(record["step"])
   log(f"tokenizer {vqvae.count_params(params):,} params, schedule {list(patch_nums)}, "
-      f"V {cfg.tokenizer.vocab_size}; {cfg.run.steps} steps of {cfg.data.global_batch_size} "
+      f"V {cfg.tokenizer.vocab_size}; {cfg.run.steps} steps of {batch_size} "
       f"images from {cfg.data.dataset}[{cfg.data.train_split}] ({len(train_data)}); "
       f"run dir {run_dir}" + (f"; resumed at step {first_step}" if first_step else ""))
 
-  # ---- loop
   params, opt_state = state["params"], state["opt_state"]
-  last_used_V = np.array(state["last_used_V"], np.int32)
+  last_used_V = jnp.asarray(state["last_used_V"], jnp.int32)
   restarts, image_count = int(record["restarts"]), int(record["image_count"])
   image_sum = np.asarray(state["image_sum"], np.float32)
   resumed_time = float(record["train_time"])
-  preempt = checkpoint.PreemptionFlag()
-
-  def snapshot(step_done: int) -> tuple[dict, dict]:
-    """(orbax state, JSON record) of the training state after `step_done` steps."""
-    return ({"params": params, "opt_state": opt_state, "last_used_V": last_used_V,
-             "image_sum": image_sum},
-            {"step": step_done, "restarts": restarts, "image_count": image_count,
-             "train_time": time.time() - t_loop})
-
-  bar = progress_lib.bar(total=cfg.run.steps, initial=first_step, desc="tokenizer",
-                         unit="step", enabled=progress)
-  metrics_path = os.path.join(run_dir, "metrics.jsonl")
   metrics_lib.truncate_after(run_dir, first_step)
-  t_loop, seen = time.time() - resumed_time, 0
-  with open(metrics_path, "a") as metrics_file, _closing(ckpts, preempt):
-    def write(record):
-      metrics_file.write(json.dumps(record) + "\n")
-      metrics_file.flush()
+  writer = metrics_lib.MetricsWriter(run_dir)
+  cleanup.callback(writer.close)
+  batches = iter(train_data.iterate(first_step, cfg.run.steps - first_step))
+  t_loop = time.time()
 
-    for step, batch in train_data.iterate(first_step, cfg.run.steps - first_step):
-      params, opt_state, m = train_step(params, opt_state, batch["image"])
-      image_sum = image_sum + batch["image"].sum(axis=0)
-      image_count += len(batch["image"])
-      seen += len(batch["image"])
-      used = np.asarray(m["counts_SxV"]).sum(axis=0) > 0
-      last_used_V[used] = step
-      if (step + 1) % RESTART_EVERY == 0 and step + 1 < cfg.run.steps:
-        # The generator is a function of the step, so a resumed run restarts the same codes.
-        rng = np.random.default_rng([cfg.run.seed, 7, step])
-        params, n = restart_dead_codes(params, last_used_V, step, np.asarray(m["rest_NxC"]),
-                                       rng)
-        restarts += n
-      if (step + 1) % cfg.run.log_every == 0 or step + 1 == cfg.run.steps:
-        elapsed = time.time() - t_loop
-        record = {"step": step + 1, "time": elapsed,
-                  "images_per_s": seen / max(elapsed - resumed_time, 1e-9),
-                  "restarted_codes": restarts,
-                  **{k: float(m[k]) for k in ("loss", "l1", "l2", "vq_loss", "grad_norm")},
-                  "usage": [round(float(u), 4) for u in m["usage_S"]]}
-        write(record)
-        bar.set_postfix(loss=f"{record['loss']:.4f}", l2=f"{record['l2']:.4f}")
-      bar.update(1)
-      if (step + 1) % cfg.run.eval_every == 0 and step + 1 < cfg.run.steps:
-        ev = evaluate(model, params, eval_data)
-        write({"step": step + 1, **{f"eval/{k}": v for k, v in ev.items()}})
-      if preempt.reached(step + 1):
-        ckpts.save_and_stop(step + 1, *snapshot(step + 1))
-      if (step + 1) % cfg.run.checkpoint_every == 0 and step + 1 < cfg.run.steps:
-        ckpts.save(step + 1, *snapshot(step + 1))
-      if on_step is not None:
-        on_step(step + 1)
-    bar.close()
-    train_time = time.time() - t_loop
+  # ---- the loop: what a step, a log line, an evaluation and a checkpoint are
+  def one_step(step: int):
+    nonlocal params, opt_state, last_used_V, image_sum, image_count, restarts
+    batch_step, batch = next(batches)
+    assert batch_step == step, (batch_step, step)
+    params, opt_state, m = train_step(params, opt_state, batch["image"])
+    image_sum = image_sum + batch["image"].sum(axis=0)
+    image_count += len(batch["image"])
+    last_used_V = _mark_used(last_used_V, m["counts_SxV"], step)
+    if (step + 1) % RESTART_EVERY == 0 and step + 1 < cfg.run.steps:
+      # The generator is a function of the step, so a resumed run restarts the same codes.
+      rng = np.random.default_rng([cfg.run.seed, 7, step])
+      used = np.array(last_used_V)
+      params, n = restart_dead_codes(params, used, step, np.asarray(m["rest_NxC"]), rng)
+      last_used_V = jnp.asarray(used)
+      restarts += n
+    return {k: m[k] for k in ("loss", "l1", "l2", "vq_loss", "grad_norm", "usage_S")}
 
-    # ---- final evaluation and checkpoint
-    mean_image = image_sum / max(image_count, 1)
-    ev = evaluate(model, params, eval_data, mean_image=mean_image)
-    write({"step": cfg.run.steps, **{f"eval/{k}": v for k, v in ev.items()}})
-  store.save_params(params, os.path.join(run_dir, "params.msgpack"), cfg.run.steps)
+  def write_log(done: int, m, rate: float, train_time: float):
+    writer.write(done, "train", {
+        "time": resumed_time + time.time() - t_loop, "images_per_s": rate * batch_size,
+        "restarted_codes": restarts,
+        **{k: float(m[k]) for k in ("loss", "l1", "l2", "vq_loss", "grad_norm")},
+        "usage": [round(float(u), 4) for u in m["usage_S"]]})
+
+  def evaluate_now(done: int):
+    writer.write(done, "eval", evaluate(model, params, eval_data))
+
+  def save(done: int):
+    ckpts.save(done, {"params": params, "opt_state": opt_state, "last_used_V": last_used_V,
+                      "image_sum": image_sum},
+               {"step": done, "restarts": restarts, "image_count": image_count,
+                "train_time": resumed_time + time.time() - t_loop})
+
+  def nonfinite(first_bad):
+    raise VarjaxError(f"the tokenizer's training loss is not finite (nan or inf) at step "
+                      f"{int(first_bad)}; stopped. Lower optim.peak_lr or check the data.")
+
+  step_loop = steploop.StepLoop.for_run(
+      cfg.run, first_step, desc="tokenizer", progress=progress, on_step=on_step,
+      saved_where=ckpts.directory,
+      postfix=lambda m: {"loss": f"{float(m['loss']):.4f}", "l2": f"{float(m['l2']):.4f}"})
+  step_loop.run(steploop.Hooks(step=one_step, log=write_log, evaluate=evaluate_now, save=save,
+                               nonfinite=nonfinite))
+  train_time = resumed_time + time.time() - t_loop
+
+  # ---- final evaluation, parameters, summary (last: it marks the run finished)
+  mean_image = image_sum / max(image_count, 1)
+  ev = evaluate(model, params, eval_data, mean_image=mean_image)
+  writer.write(cfg.run.steps, "eval", ev)
+  store.save_params(params, os.path.join(run_dir, store.PARAMS_FILE), cfg.run.steps)
   summary = {"steps": cfg.run.steps, "train_time_s": train_time,
              "wall_time_s": time.time() - start, "restarted_codes": restarts,
              "resumed_at_step": first_step, "num_params": vqvae.count_params(params),
              **{f"eval/{k}": v for k, v in ev.items()}}
-  files.write_json(os.path.join(run_dir, "summary.json"), summary)  # last: marks the run done
+  rundir.write_summary(run_dir, summary)
   return summary
-
-
-@contextlib.contextmanager
-def _closing(ckpts: checkpoint.Checkpoints, preempt: checkpoint.PreemptionFlag):
-  try:
-    yield
-  finally:
-    preempt.restore()
-    ckpts.close()
 
 
 def format_summary(summary: dict[str, Any], patch_nums) -> str:
