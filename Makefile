@@ -59,11 +59,17 @@ tpu-aot: install $(LIBTPU_STAMP)
 lock: install
 	$(PY) -m pip freeze --exclude-editable | grep -v '^-e ' > requirements.lock
 
+# Two pytest-xdist workers (one per core here), a test file per worker at a time so module
+# fixtures are built once; a persistent XLA compilation cache under .cache/jax-tests is
+# shared by the workers and the subprocesses they start (tests/conftest.py). The slowest
+# tests are listed at the end. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 test: install $(LIBTPU_STAMP)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(PYTEST_PARALLEL) --durations=15 $(PYTEST_ARGS)
 
-test-slow: install
-	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+test-slow: install $(LIBTPU_STAMP)
+	$(PY) -m pytest -m slow $(PYTEST_PARALLEL) --durations=15 $(PYTEST_ARGS)
 
 # Main job on the embedded default: dataset -> tokenizer -> token pyramids -> the demo sweep
 # (sweeps/demo.yaml: 5 sizes x 3 token budgets into runs/demo) -> sample quality of the
@@ -116,6 +122,7 @@ bench: install
 	$(PY) benchmarks/attention.py
 	$(PY) benchmarks/attention.py --builds --quick
 	$(VENV)/bin/varjax bench train --model var-d4 --patch-nums 1,2,3,4,5,6,8 --batch 32 --json
+	$(PY) benchmarks/train_step_vs_ref.py
 
 # make sweep SWEEP=sweeps/x.yaml [BACKEND=local|lanes|ray|tpu] [RUNS=a,b] [LIMIT=K]
 #            [DRY_RUN=1] [TPU_LAUNCHER=gcloud|xpk] [RAY_ADDRESS=host:port] [OUT_DIR=dir]

@@ -206,6 +206,8 @@ def test_bad_inputs_fail_clearly():
     check_labels(np.array([-1]), cfg.num_classes)
 
 
+@pytest.mark.slow  # the default run keeps the kernel's forward + gradients at 256 px
+# (test_attention) and the sharded training step with pallas (test_parallel)
 def test_training_step_with_pallas_equals_xla():
   """One AdamW step of var-d2 on VAR's 256 px schedule (L = 680, padded to 768 inside the
   kernel): the Pallas block-sparse kernel (interpret mode) against dense XLA attention."""
