@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 
+import numpy as np
 import pytest
 
 import train_fixtures as fx
@@ -240,3 +241,51 @@ def test_environment_failures_are_found_in_the_chain_of_causes():
     message = cli.environment_failure(outer)
   assert message.startswith("the disk is full (/x/checkpoints/4): No space left on device")
   assert cli.environment_failure(ValueError("a bug")) is None
+
+
+_RESHARD = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import train_fixtures as fx
+from varjax import config as config_lib
+from varjax.train import loop
+
+setup, root = json.loads(sys.argv[2]), sys.argv[3]
+def cfg(out, mesh):
+  return config_lib.from_dict(fx.tiny_config(setup, out, run={"steps": 6}, mesh=mesh))
+quiet = lambda _: None
+whole = loop.train(cfg(root + "/whole", {"data": 8}), progress=False, log=quiet)
+def crash(step):
+  if step == 4:
+    raise RuntimeError("crash")
+try:
+  loop.train(cfg(root + "/part", {"data": 8}), progress=False, log=quiet, on_step=crash)
+except RuntimeError:
+  pass
+resumed = loop.train(cfg(root + "/part", {"data": 2, "fsdp": 2, "tensor": 2}), progress=False,
+                     log=quiet)
+print(json.dumps({"whole": whole, "resumed": resumed,
+                  "curves": [fx.train_losses(root + "/whole/tiny"),
+                             fx.train_losses(root + "/part/tiny")]}))
+"""
+
+
+@pytest.mark.slow
+def test_a_run_resumes_on_another_mesh(setup, tmp_path):
+  """Checkpointed on data = 8, resumed on data 2 x fsdp 2 x tensor 2 (orbax reshards the
+  state onto the new mesh): the curve of a run that stayed on the first mesh, to fp32
+  reduction-order tolerance."""
+  import sys
+  tests_dir = os.path.dirname(os.path.abspath(__file__))
+  result = subprocess.run(
+      [sys.executable, "-c", _RESHARD, tests_dir, json.dumps(setup), str(tmp_path)],
+      capture_output=True, text=True, timeout=900,
+      env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = json.loads(result.stdout.strip().splitlines()[-1])
+  assert out["resumed"]["resumed_at_step"] == 4
+  assert out["resumed"]["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
+  whole, part = out["curves"]
+  assert [s for s, _ in part] == [s for s, _ in whole] == list(range(1, 7))
+  np.testing.assert_allclose([l for _, l in part], [l for _, l in whole], rtol=1e-5)
+  assert out["resumed"]["loss"] == pytest.approx(out["whole"]["loss"], rel=1e-5)
