@@ -1,0 +1,168 @@
+"""analysis.validity: each check against designs whose answer is known in closed form.
+
+The bracketing design is built from a known Chinchilla law (Hoffmann et al.'s fit,
+E = 1.69, A = 406.4, B = 410.7, alpha = 0.34, beta = 0.28) with C = 6 N D: at each of 3
+FLOP budgets, 5 sizes spaced evenly in log N over 0.1-10x the closed-form N_opt(C), so the
+middle size is the optimum. The demo grid is issue 16's: 5 sizes (38k-2.4M) x 3 token
+budgets (2.5e5, 5e5, 1e6).
+"""
+
+import numpy as np
+import pytest
+
+from analysis import validity
+from analysis.compute_optimal import Allocation
+
+LAW = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
+BUDGETS = np.array([1e18, 1e19, 1e20])
+
+
+def chinchilla_loss(n, d):
+  return LAW["E"] + LAW["A"] / n ** LAW["alpha"] + LAW["B"] / d ** LAW["beta"]
+
+
+def n_opt(c):
+  # Independent of analysis.compute_optimal: minimise A N^-alpha + B (6N/C)^beta over N.
+  alpha, beta = LAW["alpha"], LAW["beta"]
+  return ((alpha * LAW["A"]) / (beta * LAW["B"])) ** (1 / (alpha + beta)) * \
+      (c / 6) ** (beta / (alpha + beta))
+
+
+def isoflop_design(spread):
+  """3 budgets x 5 sizes at n_opt(C) x 10^spread; returns n, d, flops, loss."""
+  n = np.concatenate([n_opt(c) * 10.0 ** np.asarray(spread) for c in BUDGETS])
+  flops = np.repeat(BUDGETS, len(spread)) * (1 + 0.01 * np.tile(np.arange(len(spread)),
+                                                                len(BUDGETS)))
+  d = flops / (6 * n)
+  return n, d, flops, chinchilla_loss(n, d)
+
+
+def demo_grid():
+  n = np.repeat([3.8e4, 1.1e5, 3.2e5, 9.0e5, 2.4e6], 3)
+  d = np.tile([2.5e5, 5e5, 1e6], 5)
+  return n, d, 6 * n * d
+
+
+def test_closed_form_optimum_is_the_loss_minimum():
+  # The reference N_opt really is the minimum of the law along C = 6 N D.
+  c = 1e19
+  grid = n_opt(c) * np.geomspace(0.5, 2, 2001)
+  assert grid[np.argmin(chinchilla_loss(grid, c / (6 * grid)))] == pytest.approx(
+      n_opt(c), rel=2e-3)
+
+
+def test_bracketing_design_passes_bracketing_and_support():
+  n, d, flops, loss = isoflop_design(np.linspace(-1, 1, 5))
+  rec = validity.check_bracketing(n, flops, loss)
+  assert rec["status"] == "pass" and rec["value"] == 3, rec
+  assert "all 3 FLOP budgets" in rec["detail"]
+  for params in (LAW, Allocation(a=0.28 / 0.62, b=0.34 / 0.62,
+                                 G=(0.34 * 406.4 / (0.28 * 410.7)) ** (1 / 0.62))):
+    sup = validity.check_support(params, BUDGETS, n, d)
+    # N_opt(C) is the middle size of each budget: inside the trained N; D likewise.
+    assert sup["status"] == "pass" and sup["value"] == pytest.approx(1.0), sup
+  assert validity.plan_verdict(n_opt(1e20), 1e20 / (6 * n_opt(1e20)), n, d) == \
+      "inside the trained N and D ranges: supported by these runs"
+
+
+def test_bracketing_with_explicit_budget_column_and_seeds():
+  n, d, flops, loss = isoflop_design(np.linspace(-1, 1, 5))
+  budget = np.repeat(["small", "mid", "large"], 5)
+  # Two seeds per run: the mean over seeds decides the minimum.
+  rec = validity.check_bracketing(np.tile(n, 2), np.tile(flops, 2),
+                                  np.concatenate([loss, loss + 1e-4]),
+                                  budget=np.tile(budget, 2))
+  assert rec["status"] == "pass" and rec["value"] == 3, rec
+
+
+def test_one_sided_grid_warns_on_bracketing_and_support():
+  n, d, flops, loss = isoflop_design(np.linspace(-3, -1, 5))  # all below the optimum
+  rec = validity.check_bracketing(n, flops, loss)
+  assert rec["status"] == "warn" and rec["value"] == 0, rec
+  assert "0 of 3" in rec["detail"] and "largest N" in rec["detail"]
+  sup = validity.check_support(LAW, BUDGETS, n, d)
+  # N_opt(1e20) is 10x the largest trained N. The smallest trained D is the largest size
+  # at 1e18 FLOPs (jittered +4%): 1.04e18 / (6 x 0.1 N_opt) = 10.4 D_opt(1e18) below it.
+  assert sup["status"] == "warn" and sup["value"] == pytest.approx(10.4, rel=1e-9), sup
+  assert "N_opt lies 10x beyond" in sup["detail"] and "D_opt lies 10.4x below" in sup["detail"]
+
+
+def test_demo_grid_has_no_isoflop_budget():
+  n, d, flops = demo_grid()
+  rec = validity.check_bracketing(n, flops, chinchilla_loss(n, d))
+  assert rec["status"] == "warn" and rec["value"] == 0
+  assert "no FLOP budget has three or more model sizes" in rec["detail"]
+
+
+def test_support_factor_in_closed_form():
+  # An allocation with N_opt = D_opt = sqrt(C/6).
+  alloc = Allocation(a=0.5, b=0.5, G=1.0)
+  # Trained N and D in [1e5, 1e6]; C from 6e10 (N_opt = D_opt = 1e5) to 6e16 (1e8): 100x.
+  sup = validity.check_support(alloc, [6e10, 6e16], [1e5, 1e6], [1e5, 1e6])
+  assert sup["status"] == "warn" and sup["value"] == pytest.approx(100.0)
+  assert "100x beyond the trained N (1e+05-1e+06)" in sup["detail"]
+  # Up to 5.4e13 FLOPs (N_opt = D_opt = 3e6): 3x outside, at the limit: pass.
+  sup = validity.check_support((alloc.n_opt, alloc.d_opt), [6e10, 5.4e13],
+                               [1e5, 1e6], [1e5, 1e6])
+  assert sup["status"] == "pass" and sup["value"] == pytest.approx(3.0)
+
+
+def test_plan_verdict_states_the_closed_form_factor():
+  n, d, _ = demo_grid()
+  # Issue 16's demo plan: 211k parameters on 7.88e8 tokens; the largest D trained is 1e6.
+  assert validity.plan_verdict(2.11e5, 7.88e8, n, d) == \
+      "extrapolates 788x beyond the trained D: not supported by these runs"
+  # A plan below the smallest N: 3.8e4 / 1.9e3 = 20x.
+  assert validity.plan_verdict(1.9e3, 5e5, n, d) == \
+      "extrapolates 20x below the trained N: not supported by these runs"
+  # 2x beyond the largest N and inside D.
+  assert validity.plan_verdict(4.8e6, 5e5, n, d) == \
+      "within 3x of the trained N and D (at most 2x outside): supported by these runs"
+
+
+def test_floor_identifiability():
+  rec = validity.check_floor(2e-11, 3.1)
+  assert rec["status"] == "warn" and rec["value"] == pytest.approx(2e-11 / 3.1)
+  assert "no floor" in rec["detail"]
+  rec = validity.check_floor(1.69, 2.0, (1.60, 1.80))
+  assert rec["status"] == "pass" and rec["value"] == pytest.approx(0.845)
+  rec = validity.check_floor(1.69, 2.0, (0.5, 2.0))  # 1.5 wide = 89% of E
+  assert rec["status"] == "warn" and "89% of E" in rec["detail"]
+  assert validity.check_floor(None, 2.0)["status"] == "skip"
+
+
+def test_backtest():
+  rec = validity.check_backtest([0.002, 0.004, 0.03], coverage=2 / 3)
+  assert rec["status"] == "pass" and rec["value"] == pytest.approx(0.004)
+  assert "median error 0.40%" in rec["detail"] and "covers 67%" in rec["detail"]
+  rec = validity.check_backtest([-0.02, 0.03])
+  assert rec["status"] == "warn" and rec["value"] == pytest.approx(0.025)
+  assert validity.check_backtest(None)["status"] == "skip"
+
+
+def test_repetition():
+  # Issue 16's demo: about 2.5e5 unique tokens an epoch.
+  rec = validity.check_repetition([2.5e5, 5e5, 1.05e6], 2.5e5)
+  assert rec["status"] == "warn" and rec["value"] == pytest.approx(4.2)
+  assert "1 of 3 runs" in rec["detail"]
+  rec = validity.check_repetition([2.5e5, 5e5, 1e6], 2.5e5)  # exactly 4 epochs: allowed
+  assert rec["status"] == "pass" and rec["value"] == pytest.approx(4.0)
+  rec = validity.check_repetition([1e6, 2e6], [1e6, 1e6])  # per-run unique tokens
+  assert rec["status"] == "pass" and rec["value"] == pytest.approx(2.0)
+  assert validity.check_repetition([1e6], None)["status"] == "skip"
+
+
+def test_checklist_lines():
+  recs = [validity.check_repetition([1e6], None), validity.check_floor(2e-11, 3.1)]
+  lines = validity.checklist(recs).splitlines()
+  assert lines[0].startswith("[skip] repetition: ") and lines[1].startswith("[warn] floor: ")
+
+
+def test_analysis_validity_imports_no_varjax():
+  import ast
+  import inspect
+  tree = ast.parse(inspect.getsource(validity))
+  names = [a.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+           for a in node.names]
+  names += [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+  assert not any(name.split(".")[0] == "varjax" for name in names)
