@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from analysis import compute_optimal, laws
+from analysis import compute_optimal, laws, validity
 from analysis.arguments import (at_point, check_output_dir, count, fraction, positive_int,
                                 positive_number, replicates)
 from analysis.fitting import Fit, fit_law
@@ -187,6 +187,7 @@ def fit_report(law_name: str, inputs, y, args) -> tuple[Fit, Bootstrap | None, d
     if a_samples:
       report["intervals_95"]["allocation_a"] = [float(np.percentile(a_samples, 2.5)),
                                                 float(np.percentile(a_samples, 97.5))]
+  backtest = None
   if not args.no_backtest:
     backtest = leave_largest_out(law, inputs, y, seed=args.seed)
     report["backtest"] = backtest.to_dict()
@@ -195,7 +196,24 @@ def fit_report(law_name: str, inputs, y, args) -> tuple[Fit, Bootstrap | None, d
       out = getattr(args, "plot_dir", None) or args.out
       report.setdefault("plots", []).append(
           plots.backtest_plot(backtest, os.path.join(out, f"backtest_{law.name}.png")))
+  report["validity"] = validity_checks(fit, alloc, report.get("intervals_95", {}).get("E"),
+                                       backtest, args)
   return fit, boot, report
+
+
+def validity_checks(fit: Fit, alloc, e_interval, backtest, args) -> list[dict]:
+  """analysis.validity's checks of an L(N, D) fit; support is over the trained compute."""
+  n, d, y = fit.inputs["N"], fit.inputs["D"], fit.y
+  flops = 6 * n * d
+  return [
+      validity.check_bracketing(n, flops, y),
+      validity.check_support(alloc, [flops.min(), flops.max()], n, d),
+      validity.check_floor(fit.params["E"], float(np.min(y)), e_interval,
+                           fixed=args.fix_e is not None),
+      validity.check_backtest(None if backtest is None else backtest.relative_errors,
+                              None if backtest is None else backtest.coverage),
+      validity.check_repetition(d, getattr(args, "unique_tokens", None)),
+  ]
 
 
 def cmd_fit(args) -> dict:
@@ -309,6 +327,12 @@ def check_args(args) -> None:
 
 # ---------------------------------------------------------------- parser
 
+def _unique_tokens_arg(p):
+  p.add_argument("--unique-tokens", type=positive_number, default=None, metavar="T",
+                 help="distinct tokens in one epoch of the training data: the validity "
+                      "checks then report epochs per run (warn above 4)")
+
+
 def _data_args(p, registry_defaults: bool = False):
   p.add_argument("--csv", help="a CSV with one row per run")
   p.add_argument("--runs", help="a run registry directory (see docs/analysis.md)")
@@ -344,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="predict at this point (repeatable)")
   fit.add_argument("--no-backtest", action="store_true")
   fit.add_argument("--plot-dir", default=None)
+  _unique_tokens_arg(fit)
   fit.set_defaults(func=cmd_fit)
   fc = sub.add_parser("forecast", help="loss (and FID) with intervals at new N, D or C")
   _data_args(fc)
@@ -365,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
   _data_args(rep)
   rep.add_argument("--law", choices=LND, default="chinchilla")
   rep.add_argument("--out", default="reports/analysis")
+  _unique_tokens_arg(rep)
   rep.set_defaults(func=cmd_report, no_backtest=False)
   return parser
 
@@ -394,6 +420,9 @@ def _print(report: dict, as_json: bool) -> None:
     if key == "warnings":
       for note in value:
         print(f"{'warning':>22}: {note}")
+    elif key == "validity":
+      for r in value:
+        print(f"{'[' + r['status'] + '] ' + r['check']:>22}: {r['detail']}")
     elif isinstance(value, float):
       print(f"{key:>22}: {value:.6g}")
     else:

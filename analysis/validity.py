@@ -136,12 +136,16 @@ def plan_verdict(n_plan, d_plan, n_trained, d_trained, *, max_factor: float = 3.
 
 
 def check_floor(E, lowest_loss: float, interval: Sequence[float] | None = None, *,
-                min_fraction: float = 0.01, max_rel_width: float = 0.5) -> dict:
+                fixed: bool = False, min_fraction: float = 0.01,
+                max_rel_width: float = 0.5) -> dict:
   """The irreducible loss E is identified when it is at least `min_fraction` of the lowest
   observed loss and its interval (if given) is no wider than `max_rel_width` x E.
-  value = E / lowest loss; skip when the law has no E."""
+  value = E / lowest loss; skip when the law has no E or E was fixed, not fitted."""
   if E is None:
     return _record("floor", SKIP, None, "the law has no irreducible loss E")
+  if fixed:
+    return _record("floor", SKIP, float(E) / float(lowest_loss),
+                   f"E fixed at {_g(float(E))}, not fitted: the runs do not test it")
   E, lowest_loss = float(E), float(lowest_loss)
   ratio = E / lowest_loss
   if ratio < min_fraction:
@@ -172,12 +176,11 @@ def check_backtest(relative_errors, coverage: float | None = None, *,
     return _record("backtest", SKIP, None, "no backtest was run")
   err = np.abs(np.atleast_1d(np.asarray(relative_errors, np.float64)))
   med = float(np.median(err))
+  ok = med < max_error
   cov = "" if coverage is None else f"; the 95% interval covers {coverage:.0%} of them"
-  detail = (f"median error {med:.2%} (max {err.max():.2%}) on {len(err)} held-out largest "
-            f"runs{cov}")
-  if med < max_error:
-    return _record("backtest", PASS, med, detail + f" (under {max_error:.0%})")
-  return _record("backtest", WARN, med, detail + f" (not under {max_error:.0%})")
+  detail = (f"median error {med:.2%} ({'' if ok else 'not '}under {max_error:.0%}; max "
+            f"{err.max():.2%}) on {len(err)} held-out largest runs{cov}")
+  return _record("backtest", PASS if ok else WARN, med, detail)
 
 
 def check_repetition(tokens, unique_tokens=None, *, max_epochs: float = 4.0) -> dict:

@@ -166,3 +166,31 @@ def test_analysis_validity_imports_no_varjax():
            for a in node.names]
   names += [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
   assert not any(name.split(".")[0] == "varjax" for name in names)
+
+
+def test_fit_reports_validity_in_json_and_as_a_checklist(capsys, tmp_path):
+  import json
+  from analysis import cli
+  from test_analysis_cli import isoflop_table, run_cli
+  path = tmp_path / "iso.csv"
+  table = isoflop_table()
+  table.to_csv(path, index=False)
+  # 2.5e8 unique tokens an epoch: the most tokens any run sees, over it, in epochs.
+  unique = 2.5e8
+  rc, out, err = run_cli(capsys, "fit", "--csv", path, "--d-col", "tokens",
+                         "--unique-tokens", unique, "--json")
+  assert rc == 0, err
+  records = {r["check"]: r for r in json.loads(out)["validity"]}
+  assert list(records) == ["bracketing", "support", "floor", "backtest", "repetition"]
+  # 4 budgets x 7 sizes at 1/8-8x the true N_opt: every minimum interior.
+  assert records["bracketing"]["status"] == "pass" and records["bracketing"]["value"] == 4
+  assert records["support"]["status"] == "pass"
+  assert records["floor"]["status"] == "pass"
+  assert records["backtest"]["status"] == "pass" and records["backtest"]["value"] < 0.01
+  assert records["repetition"]["status"] == "warn"
+  assert records["repetition"]["value"] == pytest.approx(table["tokens"].max() / unique)
+  cli._print({"validity": list(records.values())}, as_json=False)
+  lines = capsys.readouterr().out.splitlines()
+  assert [line.split(":")[0].strip() for line in lines] == [
+      "[pass] bracketing", "[pass] support", "[pass] floor", "[pass] backtest",
+      "[warn] repetition"]
