@@ -239,6 +239,11 @@ def cmd_fit(args) -> dict:
 
 
 def cmd_forecast(args) -> dict:
+  return forecast(args)[0]
+
+
+def forecast(args) -> tuple[dict, dict[str, np.ndarray]]:
+  """The forecast report and the fitted runs' N and D."""
   table = read_table(args)
   inputs = nd_inputs(table, args)
   y = data_column(table, args.loss_col, "--loss-col")
@@ -254,7 +259,7 @@ def cmd_forecast(args) -> dict:
     report["warnings"] = notes
   if args.fid_col:
     report["fid"] = fid_forecast(table, y, args, [p["loss"] for p in report["predict"]])
-  return report
+  return report, inputs
 
 
 def fid_forecast(table, loss, args, at_losses) -> dict:
@@ -272,13 +277,14 @@ def fid_forecast(table, loss, args, at_losses) -> dict:
 def cmd_plan(args) -> dict:
   args.at = []
   args.flops = [args.plan_flops]
-  report = cmd_forecast(args)
+  report, trained = forecast(args)
   row = report["predict"][0]
   hours = compute_optimal.wall_time_hours(args.plan_flops, args.accelerator, args.mfu,
                                           args.chips)
   return {"flops": args.plan_flops, "N_opt": row["N"], "D_opt": row["D"],
           "tokens_per_param": row["D"] / row["N"], "loss": row["loss"],
           "loss_interval_95": row.get("interval_95"), "extrapolation": row["extrapolation"],
+          "verdict": validity.plan_verdict(row["N"], row["D"], trained["N"], trained["D"]),
           "fid": report.get("fid"), "accelerator": args.accelerator, "mfu": args.mfu,
           "chips": args.chips, "wall_time_hours": hours, "law": report["law"],
           **({"warnings": report["warnings"]} if "warnings" in report else {})}

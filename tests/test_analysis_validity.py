@@ -194,3 +194,23 @@ def test_fit_reports_validity_in_json_and_as_a_checklist(capsys, tmp_path):
   assert [line.split(":")[0].strip() for line in lines] == [
       "[pass] bracketing", "[pass] support", "[pass] floor", "[pass] backtest",
       "[warn] repetition"]
+
+
+def test_plan_states_its_verdict(capsys, tmp_path):
+  import json
+  from test_analysis_cli import isoflop_table, run_cli
+  path = tmp_path / "iso.csv"
+  table = isoflop_table()
+  table.to_csv(path, index=False)
+  verdicts = {}
+  for flops in (6.4e18, 1e25):  # inside the IsoFLOP budgets; 2e5x beyond the largest
+    rc, out, err = run_cli(capsys, "plan", "--csv", path, "--d-col", "tokens", "--flops",
+                           flops, "--bootstrap", "5", "--json")
+    assert rc == 0, err
+    plan = json.loads(out)
+    assert plan["verdict"] == validity.plan_verdict(plan["N_opt"], plan["D_opt"],
+                                                    table["params"], table["tokens"])
+    verdicts[flops] = plan["verdict"]
+  assert verdicts[6.4e18] == "inside the trained N and D ranges: supported by these runs"
+  assert verdicts[1e25].startswith("extrapolates ")
+  assert verdicts[1e25].endswith(": not supported by these runs")
