@@ -106,16 +106,17 @@ def claim(directory: str, cfg: Config, write: bool = True, log=print) -> None:
   if saved == cfg:
     return
   changed = training_differences(cfg, saved)
+  finished = finished_summary(directory) is not None
   if not changed:
     reason = ("resumed with other values of keys that do not change training: "
               + _describe(config_lib.differences(cfg, saved), cfg, saved))
-  elif not has_checkpoints(directory) and finished_summary(directory) is None:
+  elif not has_checkpoints(directory) and not finished:
     reason = ("replaced before any checkpoint (a failed or empty attempt): "
               + _describe(changed, cfg, saved))
     log(f"{directory}: the earlier attempt saved no checkpoint; training this config "
         f"instead of the one it had ({_describe(changed, cfg, saved)})")
   else:
-    what = "a finished run" if finished_summary(directory) is not None else "checkpoints"
+    what = "a finished run" if finished else "checkpoints"
     raise VarjaxError(
         f"{directory} holds {what} of another config ({_describe(changed, cfg, saved)}); "
         f"to train this config choose another --run.name, or start over by deleting "

@@ -79,7 +79,7 @@ class StepLoop:
     """The loop of a `RunConfig` (steps, log / eval / checkpoint cadence, keep_steps)."""
     return cls(total=run_cfg.steps, first_step=first_step, log_every=run_cfg.log_every,
                eval_every=run_cfg.eval_every, checkpoint_every=run_cfg.checkpoint_every,
-               keep_steps=tuple(getattr(run_cfg, "keep_steps", ())), **kwargs)
+               keep_steps=tuple(run_cfg.keep_steps), **kwargs)
 
   def run(self, hooks: Hooks) -> None:
     preempt = checkpoint.PreemptionFlag()
@@ -128,8 +128,6 @@ class StepLoop:
     finally:
       bar.close()
       preempt.restore()
-    if window_steps:  # steps after the last log step (none when the last step logs)
-      self.train_time += window_time
 
   @staticmethod
   def _check(first_bad, hooks: Hooks) -> None:
