@@ -2,7 +2,12 @@
 
     python -m sweeps run sweeps/demo.yaml [--backend local|lanes|ray|tpu] [--runs A,B]
                                           [--limit K] [--dry-run]
-    python -m sweeps list sweeps/demo.yaml       # the runs, their N / D / FLOPs and status
+    python -m sweeps list sweeps/demo.yaml       # the runs, their N / D / D/N / epochs /
+                                                 # FLOPs and status, and warnings
+    python -m sweeps design --flops 1e12,4e12 --tokens-per-param 20 [--factor 8]
+        (--base CONFIG | --spec SPEC) --depths 1-8 --width-per-depth 32 --head-dim 32
+        [--from-fit reports/x/report.json] [--out sweeps/new.yaml]
+                                                 # an IsoFLOP spec bracketing the prior D/N
 
 `run` is idempotent: finished runs are skipped, interrupted ones resume, failed ones are
 retried (`--runs NAME` retries one alone). A malformed spec fails before anything is
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 
@@ -43,17 +49,79 @@ def _selected(sweep, args):
 
 
 def _cmd_list(args) -> int:
-  from sweeps import registry, spec as spec_lib
+  from sweeps import design, registry, spec as spec_lib
   _check_counts(args)
   sweep = spec_lib.load(args.spec, args.out_dir)
   print(f"sweep {sweep.spec.name}: {len(sweep.runs)} runs in {sweep.out_dir}")
-  print(f"  {'run':<22} {'N':>10} {'tokens':>10} {'FLOPs':>9} {'steps':>6} {'lr':>8}  "
-        f"{'status':<12}cool-down from")
+  print(f"  {'run':<22} {'N':>10} {'tokens':>12} {'D/N':>7} {'epochs':>6} {'FLOPs':>9} "
+        f"{'steps':>6} {'lr':>8}  {'status':<12}cool-down from")
+  repeats = []
   for run in _selected(sweep, args):
     i = run.info
     branch = f"{i['warm_start']} @ step {i['warm_start_step']}" if "warm_start" in i else ""
-    print(f"  {run.name:<22} {i['params']:>10,} {i['tokens']:>10,} {i['flops_exact']:>9.3g} "
-          f"{i['steps']:>6} {i['peak_lr']:>8.2g}  {registry.status(run.directory):<12}{branch}")
+    run_epochs = design.epochs(i["tokens"], design.unique_tokens_per_epoch(run.config))
+    repeats.append((run.name, run_epochs))
+    print(f"  {run.name:<22} {i['params']:>10,} {i['tokens']:>12,} "
+          f"{i['tokens'] / i['params']:>7.3g} {design.format_epochs(run_epochs):>6} "
+          f"{i['flops_exact']:>9.3g} {i['steps']:>6} {i['peak_lr']:>8.2g}  "
+          f"{registry.status(run.directory):<12}{branch}")
+  _print_warnings(sweep, repeats)
+  return 0
+
+
+def _print_warnings(sweep, repeats: list[tuple[str, float | None]]) -> None:
+  """Budgets the family cannot bracket, then the runs that repeat the data > 4 times."""
+  from sweeps import design
+  for line in sweep.warnings + [design.epoch_warning(repeats)]:
+    if line:
+      print(f"warning: {line}")
+
+
+def _cmd_design(args) -> int:
+  from sweeps import design, spec as spec_lib
+  flops = design.parse_numbers(args.flops, "--flops")
+  if (args.tokens_per_param is None) == (args.from_fit is None):
+    raise ConfigError("--tokens-per-param", "give the prior D/N: --tokens-per-param R or "
+                      "--from-fit REPORT.json (not both)")
+  if args.base and args.spec:
+    raise ConfigError("--base", "give --base CONFIG or --spec SPEC, not both")
+  if args.out and os.path.exists(args.out) and not args.force:
+    raise ConfigError("--out", f"{args.out} exists (--force replaces it)")
+  ratio = args.tokens_per_param
+  if args.from_fit:
+    ratio = design.ratios_from_fit(args.from_fit, flops)
+  if args.depths and args.widths:
+    raise ConfigError("--depths", "give --depths or --widths, not both")
+  models = {}
+  if args.depths:
+    models["depths"] = design.parse_numbers(args.depths, "--depths", int)
+  elif args.widths:
+    models["widths"] = design.parse_numbers(args.widths, "--widths", int)
+  models.update({key: getattr(args, key) for key in ("depth", "width_per_depth", "head_dim")
+                 if getattr(args, key) is not None})
+  out = args.out or "design.yaml"
+  values = design.spec_values(flops=flops, ratio=ratio, factor=args.factor, models=models,
+                              out=out, base=args.base, spec=args.spec,
+                              tolerance=args.tolerance, min_steps=args.min_steps)
+  sweep = spec_lib.from_values(values, out)  # every mistake surfaces before anything is written
+  unique = design.unique_tokens_per_epoch(sweep.runs[0].config)
+  for plan in sweep.plans:
+    print("\n".join(design.format_plan(plan, unique)) + "\n")
+  _print_warnings(sweep, [(r.name, design.epochs(r.info["tokens"], unique))
+                          for r in sweep.runs])
+  command = "python -m sweeps " + shlex.join(args.argv)
+  origin = f"the D/N of the fit in {args.from_fit}" if args.from_fit else f"D/N = {ratio:g}"
+  text = design.dump_spec(values, f"Written by\n  {command}\nAn IsoFLOP grid whose sizes "
+                          f"at each budget bracket {origin}.")
+  if not args.out:
+    print(f"spec (--out FILE writes it; `base` is relative to the spec's folder):\n{text}",
+          end="")
+    return 0
+  os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+  with open(args.out, "w") as f:
+    f.write(text)
+  print(f"wrote {args.out}: {len(sweep.runs)} runs; `python -m sweeps list {args.out}` "
+        "shows them")
   return 0
 
 
@@ -122,12 +190,39 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument("--progress", choices=("auto", "on", "off"), default="auto")
   run.set_defaults(func=_cmd_run)
   lst.set_defaults(func=_cmd_list)
+  _design_parser(commands)
   return parser
+
+
+def _design_parser(commands) -> None:
+  p = commands.add_parser("design", help="write an IsoFLOP spec whose sizes bracket a prior "
+                          "tokens-per-parameter ratio at each budget")
+  p.add_argument("--flops", required=True, help="FLOP budgets, e.g. 1e12,4e12,1.6e13")
+  p.add_argument("--tokens-per-param", type=float, default=None, help="the prior D/N "
+                 "(Chinchilla: 20)")
+  p.add_argument("--from-fit", default=None, help="the prior D/N at each budget from a fit's "
+                 "allocation (report.json of `python -m analysis report`, or `fit --json`)")
+  p.add_argument("--factor", type=float, default=8.0, help="D/N reach prior / factor and "
+                 "prior x factor (default 8)")
+  p.add_argument("--base", default=None, help="the varjax config (path from here)")
+  p.add_argument("--spec", default=None, help="an existing spec whose base, config, models, "
+                 "lr, batch, cool-downs... the new one keeps")
+  p.add_argument("--depths", default=None, help="a depth family, e.g. 1-8 or 2,4,6")
+  p.add_argument("--width-per-depth", type=int, default=None)
+  p.add_argument("--head-dim", type=int, default=None)
+  p.add_argument("--widths", default=None, help="a width family at --depth")
+  p.add_argument("--depth", type=int, default=None)
+  p.add_argument("--tolerance", type=float, default=None, help="budgets.tolerance")
+  p.add_argument("--min-steps", type=int, default=None, help="budgets.min_steps")
+  p.add_argument("--out", default=None, help="write the spec here (else print it)")
+  p.add_argument("--force", action="store_true", help="replace an existing --out")
+  p.set_defaults(func=_cmd_design)
 
 
 def main(argv: list[str] | None = None) -> int:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   hostmem.keep_freed_memory()  # before JAX starts threads: see varjax/hostmem.py
   args = build_parser().parse_args(argv)
+  args.argv = list(sys.argv[1:] if argv is None else argv)
   return run_command(args.func, args, "sweeps",
                      interrupted="interrupted; `make sweep` again resumes")

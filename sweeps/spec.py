@@ -16,6 +16,8 @@ deterministic name that says what it is and a static directory `<out_dir>/<name>
         # or {widths: [128, 256], depth: 4}
     budgets: {tokens: [1e6, 2e6]}    # per model, or an IsoFLOP grid:
         # {flops: [1e12, 3e12], tolerance: 0.05, min_steps: 20}
+        # bracket: {tokens_per_param: 20, factor: 8} keeps, per budget, the fewest sizes
+        #   whose D/N reach both 20 / 8 and 20 x 8 (sweeps/design.py)
     seeds: [0]
     cooldowns: {decay_fraction: 0.2} # WSD; shorter budgets branch off the longest run
     lr: {rule: var, base_lr: 1e-4}  # peak = base_lr x batch / 256 (VAR)
@@ -30,7 +32,10 @@ deterministic name that says what it is and a static directory `<out_dir>/<name>
 IsoFLOP budgets use the exact FLOP counter (varjax.train.flops): for each budget C and
 model, steps = round(C / FLOPs per step); the model is in the grid when that many steps
 (at least `min_steps`) land within `tolerance` of C. N is the non-embedding parameter
-count (`summary.json` "params"). Every mistake raises ConfigError naming the spec field.
+count (`summary.json` "params"). With `bracket` each budget keeps only the contiguous sizes
+(by N) needed to span the prior tokens-per-parameter ratio; a budget the family cannot
+bracket keeps what it has and records a warning (`Sweep.warnings`). Every mistake raises
+ConfigError naming the spec field.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import math
 import os
 from typing import Any, Literal
 
+from sweeps import design
 from varjax import config as config_lib
 from varjax.config import Config
 from varjax.errors import ConfigError
@@ -85,6 +91,7 @@ class BudgetsSpec:
   flops: tuple[float, ...] = ()
   tolerance: float = 0.1
   min_steps: int = 10
+  bracket: design.BracketSpec = design.BracketSpec()
 
   def __post_init__(self):
     if bool(self.tokens) == bool(self.flops):
@@ -101,6 +108,10 @@ class BudgetsSpec:
       raise ConfigError("budgets.tolerance", f"must be in (0, 1), got {self.tolerance}")
     if self.min_steps < 1:
       raise ConfigError("budgets.min_steps", "must be >= 1")
+    if self.bracket.active:
+      if not self.flops:
+        raise ConfigError("budgets.bracket", "brackets an IsoFLOP grid: give budgets.flops")
+      self.bracket.check(len(self.flops))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,6 +233,12 @@ class Sweep:
   path: str  # the spec file
   base_values: dict[str, Any]  # base config file <- spec `config`
   runs: tuple[Run, ...]
+  plans: tuple[design.BudgetPlan, ...] = ()  # with budgets.bracket: the choice per budget
+
+  @property
+  def warnings(self) -> list[str]:
+    """Budgets the family cannot bracket (one sentence each)."""
+    return [w for plan in self.plans for w in plan.warnings]
 
   @property
   def out_dir(self) -> str:
@@ -259,6 +276,13 @@ def load(path: str, out_dir: str | None = None) -> Sweep:
   values = dict(values)
   if out_dir:
     values["out_dir"] = out_dir
+  return from_values(values, path)
+
+
+def from_values(values: dict[str, Any], path: str) -> Sweep:
+  """`load` of spec fields already read; `path` (which need not exist) places `base` and
+  names the sweep when `name` is not given."""
+  values = dict(values)
   values.setdefault("name", os.path.splitext(os.path.basename(path))[0])
   overrides = values.pop("config", None) or {}
   if not isinstance(overrides, dict):
@@ -266,10 +290,14 @@ def load(path: str, out_dir: str | None = None) -> Sweep:
   for key in ("models", "budgets"):
     if key not in values:
       raise ConfigError(key, "is required")
+  bracket = values["budgets"].get("bracket") if isinstance(values["budgets"], dict) else None
+  if isinstance(bracket, dict) and bracket.get("tokens_per_param") is None:
+    raise ConfigError("budgets.bracket.tokens_per_param", "is required: the prior D/N to "
+                      "bracket (e.g. 20)")
   spec = config_lib.build_dataclass(SweepSpec, values)
   base_values: dict[str, Any] = {}
   if spec.base:
-    base_path = os.path.join(os.path.dirname(path), spec.base)
+    base_path = os.path.normpath(os.path.join(os.path.dirname(path), spec.base))
     if not os.path.isfile(base_path):
       raise ConfigError("base", f"config file not found: {base_path}")
     base_values = config_lib.read_config_file(base_path)
@@ -278,7 +306,8 @@ def load(path: str, out_dir: str | None = None) -> Sweep:
     config_lib.from_dict(base_values)
   except ConfigError as e:
     raise ConfigError(f"config.{e.key}", e.message) from None
-  return Sweep(spec, path, base_values, tuple(expand(spec, base_values)))
+  runs, plans = expand(spec, base_values)
+  return Sweep(spec, path, base_values, tuple(runs), tuple(plans))
 
 
 def _rule_value(rule, n: float, what: str, field: str) -> float:
@@ -289,16 +318,12 @@ def _rule_value(rule, n: float, what: str, field: str) -> float:
   return value
 
 
-def expand(spec: SweepSpec, base_values: dict[str, Any]) -> list[Run]:
-  """Every run of the spec, ordered by model size, then budget, seed and lr scale."""
+def _family(spec: SweepSpec, base_values: dict[str, Any]) -> list[dict[str, Any]]:
+  """Each model of the family with what its runs share: size, batch, peak lr, costs."""
   from varjax.models import var
   from varjax.train import flops as flops_lib
 
-  out_dir = spec.out_dir or os.path.join("runs", spec.name)
-  if spec.cooldowns:
-    base_values = config_lib.merge(base_values, {"optim": {
-        "schedule": "wsd", "decay_fraction": spec.cooldowns.decay_fraction}})
-  runs: list[Run] = []
+  family = []
   for depth, width in spec.models.shapes():
     if width % spec.models.head_dim:
       raise ConfigError("models.head_dim", f"width {width} (depth {depth}) is not a "
@@ -317,34 +342,75 @@ def expand(spec: SweepSpec, base_values: dict[str, Any]) -> list[Run]:
       peak = _rule_value(spec.lr, n, "lr", "lr")
     else:
       peak = probe.optim.resolved_peak_lr(batch)
-    per_step = flops_lib.training_flops(probe.model)["total"] * batch
-    tokens_per_step = batch * probe.model.num_tokens
-    label = _model_label(depth, width)
+    family.append({"label": _model_label(depth, width), "depth": depth, "width": width,
+                   "model": model, "params": n, "batch": batch, "peak": peak,
+                   "per_step": flops_lib.training_flops(probe.model)["total"] * batch,
+                   "tokens_per_step": batch * probe.model.num_tokens})
+  return family
 
-    budgets = []  # (name part, steps, budget kind, budget value)
-    if spec.budgets.tokens:
-      for b in spec.budgets.tokens:
-        budgets.append((f"D{short_number(b)}", max(1, round(b / tokens_per_step)), "tokens", b))
-    else:
-      for b in spec.budgets.flops:
-        steps = round(b / per_step)
-        if steps >= spec.budgets.min_steps and abs(steps * per_step - b) <= spec.budgets.tolerance * b:
-          budgets.append((f"C{short_number(b)}", steps, "flops", b))
-    for part, steps, kind, budget in budgets:
+
+def _budgets(spec: SweepSpec, m: dict[str, Any]) -> list[tuple[str, int, str, float]]:
+  """(name part, steps, budget kind, budget value) of each budget model `m` trains."""
+  if spec.budgets.tokens:
+    return [(f"D{short_number(b)}", max(1, round(b / m["tokens_per_step"])), "tokens", b)
+            for b in spec.budgets.tokens]
+  budgets = []
+  for b in spec.budgets.flops:
+    steps = round(b / m["per_step"])
+    off = abs(steps * m["per_step"] - b)
+    if steps >= spec.budgets.min_steps and off <= spec.budgets.tolerance * b:
+      budgets.append((f"C{short_number(b)}", steps, "flops", b))
+  return budgets
+
+
+def _bracket(spec: SweepSpec, family: list[dict[str, Any]],
+             budgets: dict[str, list]) -> list[design.BudgetPlan]:
+  """Each IsoFLOP budget's bracketing choice among the sizes within tolerance."""
+  plans = []
+  ratios = spec.budgets.bracket.ratios(len(spec.budgets.flops))
+  for b, ratio in zip(spec.budgets.flops, ratios):
+    candidates = [design.Candidate(m["label"], m["params"], steps * m["tokens_per_step"], steps)
+                  for m in family for _, steps, _, value in budgets[m["label"]] if value == b]
+    if candidates:
+      plans.append(design.plan_budget(f"C{short_number(b)}", b, candidates, ratio,
+                                      spec.budgets.bracket.factor))
+  return plans
+
+
+def expand(spec: SweepSpec,
+           base_values: dict[str, Any]) -> tuple[list[Run], list[design.BudgetPlan]]:
+  """Every run of the spec, ordered by model size, then budget, seed and lr scale; and,
+  with budgets.bracket, the bracketing choice at each IsoFLOP budget."""
+  out_dir = spec.out_dir or os.path.join("runs", spec.name)
+  if spec.cooldowns:
+    base_values = config_lib.merge(base_values, {"optim": {
+        "schedule": "wsd", "decay_fraction": spec.cooldowns.decay_fraction}})
+  family = _family(spec, base_values)
+  budgets = {m["label"]: _budgets(spec, m) for m in family}
+  plans = []
+  if spec.budgets.bracket.active:
+    plans = _bracket(spec, family, budgets)
+    chosen = {(label, plan.flops) for plan in plans for label in plan.chosen_labels}
+    budgets = {label: [b for b in bs if (label, b[3]) in chosen] for label, bs in budgets.items()}
+  runs: list[Run] = []
+  for m in family:
+    label, n = m["label"], m["params"]
+    for part, steps, kind, budget in budgets[label]:
       for seed in spec.seeds:
         for scale in spec.lr.scales:
-          lr = peak * scale
+          lr = m["peak"] * scale
           name = f"{label}-{part}-s{seed}"
           if len(spec.lr.scales) > 1:
             name += f"-lr{short_number(lr)}"
           cfg = config_lib.from_dict(config_lib.merge(base_values, {
-              "model": model, "data": {"global_batch_size": batch},
+              "model": m["model"], "data": {"global_batch_size": m["batch"]},
               "optim": {"peak_lr": lr},
               "run": {"name": name, "out_dir": out_dir, "seed": seed, "steps": steps}}))
-          info = {"sweep": spec.name, "run": name, "model": label, "depth": depth,
-                  "width": width, "budget_kind": kind, "budget": budget, "seed": seed,
+          info = {"sweep": spec.name, "run": name, "model": label, "depth": m["depth"],
+                  "width": m["width"], "budget_kind": kind, "budget": budget, "seed": seed,
                   "lr_scale": scale, "peak_lr": lr, "steps": steps, "params": n,
-                  "tokens": steps * tokens_per_step, "flops_exact": steps * per_step}
+                  "tokens": steps * m["tokens_per_step"],
+                  "flops_exact": steps * m["per_step"]}
           runs.append(Run(name, cfg, info))
   if spec.cooldowns:
     runs = _branch_cooldowns(runs)
@@ -356,7 +422,7 @@ def expand(spec: SweepSpec, base_values: dict[str, Any]) -> list[Run]:
                           f"{spec.budgets.tolerance} in at least {spec.budgets.min_steps} "
                           "steps; widen budgets.tolerance, lower budgets.min_steps or "
                           "change the budget")
-  return runs
+  return runs, plans
 
 
 def decay_start(cfg: Config) -> int:
