@@ -72,6 +72,27 @@ def _power_fit(flops: np.ndarray, n_opt: np.ndarray, k: float) -> Allocation:
                     flops_per_param_token=k)
 
 
+def budget_groups(flops, rel_tol: float = 0.1, budget=None) -> list[np.ndarray]:
+  """Indices of runs that share a FLOP budget: an explicit `budget` column if given (equal
+  values: a sweep's IsoFLOP budget), else runs whose FLOPs agree within `rel_tol` in log
+  space (|log C - log C0| <= log(1 + rel_tol), C0 the smallest C of the group); groups in
+  increasing order of C."""
+  flops = np.asarray(flops, np.float64)
+  if budget is not None:
+    budget = np.asarray(budget)
+    keys = list(dict.fromkeys(budget.tolist()))
+    groups = [np.flatnonzero(budget == k) for k in keys]
+    return sorted(groups, key=lambda g: float(np.mean(np.log(flops[g]))))
+  log_c = np.log(flops)
+  groups: list[list[int]] = []
+  for i in np.argsort(log_c, kind="stable"):
+    if groups and log_c[i] - log_c[groups[-1][0]] <= np.log1p(rel_tol):
+      groups[-1].append(int(i))
+    else:
+      groups.append([int(i)])
+  return [np.array(g) for g in groups]
+
+
 @dataclasses.dataclass(frozen=True)
 class IsoFlopMinima:
   flops: np.ndarray  # one per budget
@@ -79,21 +100,16 @@ class IsoFlopMinima:
   loss_opt: np.ndarray
   parabolas: list  # np.poly1d in log N, one per budget
   allocation: Allocation
+  groups: list  # int arrays: the runs of each budget
 
 
-def approach2(n: np.ndarray, flops: np.ndarray, loss: np.ndarray, *,
+def approach2(n: np.ndarray, flops: np.ndarray, loss: np.ndarray, *, budget=None,
               flops_per_param_token: float = 6.0, rel_tol: float = 0.05) -> IsoFlopMinima:
-  """IsoFLOP parabolas. Runs whose FLOPs agree within `rel_tol` form one budget."""
+  """IsoFLOP parabolas. Runs of one `budget` value (a sweep's IsoFLOP budget) form one
+  budget; without it, runs whose FLOPs agree within `rel_tol`."""
   n, flops, loss = (np.asarray(v, np.float64) for v in (n, flops, loss))
-  order = np.argsort(flops)
-  groups: list[list[int]] = []
-  for i in order:
-    if groups and flops[i] <= flops[groups[-1][0]] * (1 + rel_tol):
-      groups[-1].append(i)
-    else:
-      groups.append([i])
-  budgets, n_opts, l_opts, parabolas = [], [], [], []
-  for g in groups:
+  budgets, n_opts, l_opts, parabolas, kept = [], [], [], [], []
+  for g in budget_groups(flops, rel_tol, budget):
     if len(np.unique(n[g])) < 3:
       continue  # a parabola needs three model sizes
     x = np.log(n[g])
@@ -105,12 +121,34 @@ def approach2(n: np.ndarray, flops: np.ndarray, loss: np.ndarray, *,
     n_opts.append(float(np.exp(x_min)))
     l_opts.append(float(p(x_min)))
     parabolas.append(p)
+    kept.append(g)
   if len(budgets) < 2:
     raise AnalysisError("Approach 2 needs at least two FLOP budgets with three or more model "
                         "sizes each and a loss minimum between them")
   budgets, n_opts = np.array(budgets), np.array(n_opts)
   return IsoFlopMinima(budgets, n_opts, np.array(l_opts), parabolas,
-                       _power_fit(budgets, n_opts, flops_per_param_token))
+                       _power_fit(budgets, n_opts, flops_per_param_token), kept)
+
+
+def approach2_exponents(n, flops, loss, num_replicates: int, *, budget=None, seed: int = 0,
+                        rel_tol: float = 0.05) -> np.ndarray:
+  """Bootstrap of Approach 2's allocation exponent a: runs resampled with replacement
+  within each budget, parabolas and the power law refitted (numpy, milliseconds).
+  Replicates without two usable budgets are dropped. float64[<= num_replicates]."""
+  n, flops, loss = (np.asarray(v, np.float64) for v in (n, flops, loss))
+  groups = budget_groups(flops, rel_tol, budget)
+  keys = np.zeros(len(n), np.int64)
+  for k, g in enumerate(groups):
+    keys[g] = k
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(num_replicates):
+    idx = np.concatenate([rng.choice(g, len(g)) for g in groups])
+    try:
+      out.append(approach2(n[idx], flops[idx], loss[idx], budget=keys[idx]).allocation.a)
+    except AnalysisError:
+      pass
+  return np.array(out, np.float64)
 
 
 def approach1(run: np.ndarray, n: np.ndarray, flops: np.ndarray, loss: np.ndarray, *,

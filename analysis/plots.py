@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from analysis import validity  # noqa: E402
 from analysis.compute_optimal import IsoFlopMinima, allocation_for  # noqa: E402
 from analysis.fitting import Fit  # noqa: E402
 from analysis.uncertainty import Backtest, Bootstrap  # noqa: E402
@@ -27,38 +28,93 @@ def _allocation(fit: Fit):
   return allocation_for(fit.law.name, fit.params)
 
 
-def loss_vs_compute(fit: Fit, boot: Bootstrap | None, path: str, extend: float = 100.0) -> str:
-  """Runs coloured by N; the compute-optimal frontier L(N_opt(C), D_opt(C)) with its band."""
+# Margin around the trained compute range in the default plotted range.
+MARGIN = 1.5
+
+
+def compute_grid(fit: Fit, extra_flops=(), num: int = 160) -> np.ndarray:
+  """float64[num]: log-spaced C over the trained compute range (x/ MARGIN), stretched to
+  cover any planned or forecast C in `extra_flops`."""
+  c = 6 * fit.inputs["N"] * fit.inputs["D"]
+  lo, hi = c.min() / MARGIN, c.max() * MARGIN
+  if len(extra_flops):
+    lo, hi = min(lo, np.min(extra_flops) / 1.2), max(hi, np.max(extra_flops) * 1.2)
+  return np.geomspace(lo, hi, num)
+
+
+def frontier_support(alloc, grid, n, d, max_factor: float = validity.MAX_FACTOR):
+  """bool[len(grid)] where N_opt(C) and D_opt(C) are both within `max_factor` of the
+  trained N and D ranges, and the label of the rest ('' if none)."""
+  fn = validity.outside_factor(alloc.n_opt(grid), n)
+  fd = validity.outside_factor(alloc.d_opt(grid), d)
+  ok = (fn <= max_factor) & (fd <= max_factor)
+  out = [axis for axis, f in (("N", fn), ("D", fd)) if np.any(f[~ok] > max_factor)]
+  label = ("unsupported: " + " and ".join(f"{a}_opt" for a in out) + " outside trained "
+           + " and ".join(out) + f" \u00d7/\u00f7{max_factor:g}") if out else ""
+  return ok, label
+
+
+def _solid_dashed(ax, x, y, ok, label, unsupported_label, **kw):
+  """y solid where `ok`, dashed elsewhere; the two overlap by one point so they join."""
+  solid = ok.copy()
+  solid[1:] |= ok[:-1]
+  solid[:-1] |= ok[1:]
+  ax.plot(x, np.where(solid, y, np.nan), "-", label=label, **kw)
+  if not ok.all():
+    dashed = ~ok
+    dashed[1:] |= ~ok[:-1]
+    dashed[:-1] |= ~ok[1:]
+    ax.plot(x, np.where(dashed, y, np.nan), "--", label=unsupported_label, **kw)
+
+
+def loss_vs_compute(fit: Fit, boot: Bootstrap | None, path: str, marks=()) -> str:
+  """Runs coloured by N; the compute-optimal frontier L(N_opt(C), D_opt(C)) with its band,
+  solid where N_opt and D_opt lie within 3x of the trained N and D, dashed beyond. The
+  range is the trained compute, stretched to the C of `marks`: (C, loss, interval_95 or
+  None, label) of forecasts and plans, drawn as points with their intervals."""
   n, d, y = fit.inputs["N"], fit.inputs["D"], fit.y
   c = 6 * n * d
   fig, ax = plt.subplots(figsize=(6.4, 4.6))
   sc = ax.scatter(c, y, c=np.log10(n), cmap="viridis", s=14, label="runs")
   fig.colorbar(sc, ax=ax, label="log10 N (parameters)")
-  grid = np.geomspace(c.min(), c.max() * extend, 100)
+  grid = compute_grid(fit, [m[0] for m in marks])
   alloc = _allocation(fit)
   frontier = fit.predict({"N": alloc.n_opt(grid), "D": alloc.d_opt(grid)})
-  ax.plot(grid, frontier, "k-", lw=1.5, label=f"{fit.law.name} frontier")
+  ok, unsupported = frontier_support(alloc, grid, n, d)
+  _solid_dashed(ax, grid, frontier, ok, f"{fit.law.name} frontier", unsupported, color="k",
+                lw=1.5)
   if boot is not None:
     curves = [fit.law.predict(theta, {"N": a.n_opt(grid), "D": a.d_opt(grid)})
               for theta, a in boot.allocations()]
     if curves:
       lo, hi = np.percentile(np.array(curves), [2.5, 97.5], axis=0)
       ax.fill_between(grid, lo, hi, color="k", alpha=0.15, label="95% band (bootstrap)")
-  ax.axvspan(c.max(), grid[-1], color="orange", alpha=0.08, label="extrapolation")
+  if grid[-1] > c.max():
+    ax.axvspan(c.max(), grid[-1], color="orange", alpha=0.08, label="beyond the runs' C")
+  for i, (flops, loss, interval, label) in enumerate(marks):
+    err = None if interval is None else [[loss - interval[0]], [interval[1] - loss]]
+    ax.errorbar([flops], [loss], yerr=err, fmt="D", ms=6, mfc="none", capsize=3,
+                color=f"C{(i + 1) % 10}", label=label)
   ax.set(xscale="log", yscale="log", xlabel="training FLOPs C = 6ND", ylabel="loss",
          title="Loss vs compute")
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=7)
   return _save(fig, path)
 
 
-def allocation_plot(fit: Fit, boot: Bootstrap | None, path: str, extend: float = 100.0) -> str:
-  c = 6 * fit.inputs["N"] * fit.inputs["D"]
-  grid = np.geomspace(c.min(), c.max() * extend, 100)
+def allocation_plot(fit: Fit, boot: Bootstrap | None, path: str, extra_flops=()) -> str:
+  """N_opt(C) and D_opt(C) with bands, solid where both lie within 3x of the trained N and
+  D, dashed beyond; the trained N and D ranges shaded."""
+  n, d = fit.inputs["N"], fit.inputs["D"]
+  grid = compute_grid(fit, extra_flops)
   alloc = _allocation(fit)
+  ok, unsupported = frontier_support(alloc, grid, n, d)
   fig, ax = plt.subplots(figsize=(6.4, 4.6))
-  for fn, label, color in ((alloc.n_opt, f"N_opt ~ C^{alloc.a:.3f}", "C0"),
-                           (alloc.d_opt, f"D_opt ~ C^{alloc.b:.3f}", "C1")):
-    ax.plot(grid, fn(grid), color=color, label=label)
+  for fn, trained, label, color in ((alloc.n_opt, n, f"N_opt ~ C^{alloc.a:.3f}", "C0"),
+                                    (alloc.d_opt, d, f"D_opt ~ C^{alloc.b:.3f}", "C1")):
+    _solid_dashed(ax, grid, fn(grid), ok, label, None, color=color)
+    ax.axhspan(trained.min(), trained.max(), color=color, alpha=0.07)
+  if not ok.all():
+    ax.plot([], [], "k--", label=unsupported)
   if boot is not None:
     samples = [(a.n_opt(grid), a.d_opt(grid)) for _, a in boot.allocations()]
     if samples:
@@ -67,8 +123,8 @@ def allocation_plot(fit: Fit, boot: Bootstrap | None, path: str, extend: float =
         lo, hi = np.percentile(arr[:, i], [2.5, 97.5], axis=0)
         ax.fill_between(grid, lo, hi, color=color, alpha=0.2)
   ax.set(xscale="log", yscale="log", xlabel="training FLOPs C", ylabel="N_opt, D_opt",
-         title="Compute-optimal allocation")
-  ax.legend()
+         title="Compute-optimal allocation (shaded: trained N, D)")
+  ax.legend(fontsize=8)
   return _save(fig, path)
 
 
@@ -85,9 +141,8 @@ def residuals_plot(fit: Fit, path: str) -> str:
 def isoflop_plot(n, flops, loss, minima: IsoFlopMinima, path: str) -> str:
   fig, ax = plt.subplots(figsize=(6.4, 4.6))
   cmap = plt.get_cmap("plasma")
-  for i, (budget, p) in enumerate(zip(minima.flops, minima.parabolas)):
+  for i, (budget, p, sel) in enumerate(zip(minima.flops, minima.parabolas, minima.groups)):
     color = cmap(i / max(1, len(minima.flops) - 1))
-    sel = np.abs(np.log(flops / budget)) < 0.05
     ax.scatter(n[sel], loss[sel], color=color, s=14)
     x = np.linspace(np.log(n[sel].min()), np.log(n[sel].max()), 50)
     ax.plot(np.exp(x), p(x), color=color, lw=1, label=f"C = {budget:.2g}")
@@ -124,7 +179,9 @@ def fid_plot(flops, fid, name: str, path: str) -> str:
   return _save(fig, path)
 
 
-def fit_plots(fit: Fit, boot: Bootstrap | None, out_dir: str) -> list[str]:
-  return [loss_vs_compute(fit, boot, os.path.join(out_dir, "loss_vs_compute.png")),
-          allocation_plot(fit, boot, os.path.join(out_dir, "allocation.png")),
+def fit_plots(fit: Fit, boot: Bootstrap | None, out_dir: str, marks=()) -> list[str]:
+  """The loss-vs-compute, allocation and residual plots; `marks` as in loss_vs_compute."""
+  return [loss_vs_compute(fit, boot, os.path.join(out_dir, "loss_vs_compute.png"), marks),
+          allocation_plot(fit, boot, os.path.join(out_dir, "allocation.png"),
+                          [m[0] for m in marks]),
           residuals_plot(fit, os.path.join(out_dir, "residuals.png"))]

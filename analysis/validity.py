@@ -3,12 +3,14 @@
 Pure functions of numbers (numpy only; no fitting here). Each check returns a record
   {"check": name, "status": "pass" | "warn" | "skip", "value": number, "detail": sentence}
 with the sentence made from the numbers, so a report can print it as is:
-  bracketing  per FLOP budget with >= 3 model sizes, is the loss minimum interior?
-  support     how far N_opt(C), D_opt(C) lie outside the trained N and D ranges
-  floor       is the irreducible loss E identified (not ~0, interval not wider than E/2)?
-  backtest    median |pred - actual| / actual on the held-out largest runs, and coverage
-  repetition  epochs per run, D / unique tokens per epoch
-`plan_verdict` states in one sentence whether a planned (N, D) is supported by the runs.
+  (a) bracketing  per FLOP budget with >= 3 model sizes, is the loss minimum interior?
+  (b) support     how far N_opt(C), D_opt(C) lie outside the trained N and D ranges
+  (c) floor       is the irreducible loss E identified (not ~0, interval not wider than E/2)?
+  (d) agreement   do Approach 2 (IsoFLOP minima) and 3 (the law) give the same exponent a?
+  (e) backtest    median |pred - actual| / actual on the held-out largest runs, and coverage
+  (f) repetition  epochs per run, D / unique tokens per epoch
+Each record also carries its letter as "number". `plan_verdict` states in one sentence
+whether a planned (N, D) is supported by the runs.
 """
 
 from __future__ import annotations
@@ -17,37 +19,24 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from analysis.compute_optimal import chinchilla_allocation
+from analysis.compute_optimal import budget_groups, chinchilla_allocation
 
 PASS, WARN, SKIP = "pass", "warn", "skip"
+# Issue 16's numbering of the checks.
+NUMBERS = {"bracketing": "a", "support": "b", "floor": "c", "agreement": "d",
+           "backtest": "e", "repetition": "f"}
+# A planned or frontier N or D within this factor of the trained range is supported.
+MAX_FACTOR = 3.0
 
 
 def _record(check: str, status: str, value, detail: str) -> dict:
   value = None if value is None else float(value)
-  return {"check": check, "status": status, "value": value, "detail": detail}
+  return {"check": check, "number": NUMBERS[check], "status": status, "value": value,
+          "detail": detail}
 
 
 def _g(x: float) -> str:
   return f"{x:.3g}"
-
-
-def budget_groups(flops, rel_tol: float = 0.1, budget=None) -> list[np.ndarray]:
-  """Indices of runs that share a FLOP budget: an explicit `budget` column if given (equal
-  values), else runs whose FLOPs agree within `rel_tol` in log space (|log C - log C0| <=
-  log(1 + rel_tol), C0 the smallest C of the group), in increasing order of C."""
-  if budget is not None:
-    budget = np.asarray(budget)
-    keys = np.unique(budget)
-    order = np.argsort([np.mean(np.asarray(flops, np.float64)[budget == k]) for k in keys])
-    return [np.flatnonzero(budget == keys[i]) for i in order]
-  log_c = np.log(np.asarray(flops, np.float64))
-  groups: list[list[int]] = []
-  for i in np.argsort(log_c, kind="stable"):
-    if groups and log_c[i] - log_c[groups[-1][0]] <= np.log1p(rel_tol):
-      groups[-1].append(int(i))
-    else:
-      groups.append([int(i)])
-  return [np.array(g) for g in groups]
 
 
 def check_bracketing(n, flops, loss, *, budget=None, rel_tol: float = 0.1) -> dict:
@@ -81,6 +70,14 @@ def check_bracketing(n, flops, loss, *, budget=None, rel_tol: float = 0.1) -> di
                  f"with three or more sizes; at the edge in " + ", ".join(edges))
 
 
+def outside_factor(values, trained) -> np.ndarray:
+  """Per value, the factor by which it lies outside [min(trained), max(trained)]: 1.0
+  inside, lo / v below, v / hi beyond. float64, the shape of `values`."""
+  values = np.asarray(values, np.float64)
+  lo, hi = float(np.min(trained)), float(np.max(trained))
+  return np.maximum(1.0, np.maximum(lo / values, values / hi))
+
+
 def extrapolation(values, trained) -> tuple[float, str]:
   """The largest factor by which `values` lie outside [min(trained), max(trained)] (1.0
   inside) and the side ('below' or 'beyond')."""
@@ -101,7 +98,7 @@ def _allocation_fns(allocation) -> tuple[Callable, Callable]:
 
 
 def check_support(allocation, flops_range: Sequence[float], n_trained, d_trained, *,
-                  max_factor: float = 3.0, num: int = 64) -> dict:
+                  max_factor: float = MAX_FACTOR, num: int = 64) -> dict:
   """How far N_opt(C) and D_opt(C) over `flops_range` (its min to max, log-spaced) lie
   outside the trained N and D ranges. `allocation`: an Allocation, a (n_opt, d_opt) pair
   of callables, or Chinchilla law params {A, B, alpha, beta}. value = the largest factor;
@@ -122,7 +119,7 @@ def check_support(allocation, flops_range: Sequence[float], n_trained, d_trained
                  f"{span}, " + " and ".join(parts) + f" (limit {max_factor:g}x)")
 
 
-def plan_verdict(n_plan, d_plan, n_trained, d_trained, *, max_factor: float = 3.0) -> str:
+def plan_verdict(n_plan, d_plan, n_trained, d_trained, *, max_factor: float = MAX_FACTOR) -> str:
   """One sentence: does the planned N and D lie within `max_factor` of the trained ranges?"""
   fn, sn = extrapolation(n_plan, n_trained)
   fd, sd = extrapolation(d_plan, d_trained)
@@ -168,12 +165,13 @@ def check_floor(E, lowest_loss: float, interval: Sequence[float] | None = None, 
 
 
 def check_backtest(relative_errors, coverage: float | None = None, *,
-                   max_error: float = 0.01) -> dict:
+                   max_error: float = 0.01, skipped: str | None = None) -> dict:
   """Leave-largest-out: pass when the median |pred - actual| / actual is under `max_error`.
   value = that median; the interval coverage (fraction of held-out runs inside their 95%
-  interval) is stated."""
+  interval) is stated. Skip when no backtest was run (`skipped`: why)."""
   if relative_errors is None or len(np.atleast_1d(relative_errors)) == 0:
-    return _record("backtest", SKIP, None, "no backtest was run")
+    return _record("backtest", SKIP, None,
+                   "no backtest was run" + (f": {skipped}" if skipped else ""))
   err = np.abs(np.atleast_1d(np.asarray(relative_errors, np.float64)))
   med = float(np.median(err))
   ok = med < max_error
@@ -184,22 +182,62 @@ def check_backtest(relative_errors, coverage: float | None = None, *,
 
 
 def check_repetition(tokens, unique_tokens=None, *, max_epochs: float = 4.0) -> dict:
-  """epochs = D / unique tokens per epoch (a scalar or one per run); warn above
-  `max_epochs`. value = the most epochs of any run; skip when unique_tokens is None."""
-  if unique_tokens is None:
+  """epochs = D / unique tokens per epoch (a scalar or one per run, NaN where unknown);
+  warn above `max_epochs`. value = the most epochs of any run; skip when unique_tokens is
+  None or unknown for every run."""
+  epochs = None
+  if unique_tokens is not None:
+    epochs = np.atleast_1d(np.asarray(tokens, np.float64) /
+                           np.asarray(unique_tokens, np.float64))
+  if epochs is None or not np.isfinite(epochs).any():
     return _record("repetition", SKIP, None,
                    "unique tokens per epoch unknown: repetition not checked")
-  epochs = np.asarray(tokens, np.float64) / np.asarray(unique_tokens, np.float64)
-  epochs = np.atleast_1d(epochs)
+  known = np.isfinite(epochs)
+  unknown = "" if known.all() else f"; unknown for {int((~known).sum())} runs"
+  epochs = epochs[known]
   top, over = float(epochs.max()), int((epochs > max_epochs).sum())
   if over:
     return _record("repetition", WARN, top,
                    f"{over} of {len(epochs)} runs repeat their data more than {max_epochs:g} "
-                   f"times (up to {top:.3g} epochs): D is not unique data")
+                   f"times (up to {top:.3g} epochs): D is not unique data{unknown}")
   return _record("repetition", PASS, top,
-                 f"every run sees at most {top:.3g} epochs (limit {max_epochs:g})")
+                 f"every run sees at most {top:.3g} epochs (limit {max_epochs:g}){unknown}")
+
+
+def check_agreement(a2: float | None, a3: float, *, a2_interval=None, a3_interval=None,
+                    skipped: str | None = None, num_budgets: int | None = None,
+                    tol: float = 0.1) -> dict:
+  """Approach 2's allocation exponent a (N_opt ~ C^a from the IsoFLOP minima) against
+  Approach 3's a = beta / (alpha + beta) from the fitted law. With a bootstrap interval
+  for both: pass when the intervals overlap; otherwise pass when |a2 - a3| <= `tol`.
+  value = |a2 - a3|; skip (with `skipped`, the reason) when Approach 2 did not run."""
+  if a2 is None:
+    return _record("agreement", SKIP, None,
+                   f"{skipped or 'Approach 2 did not run'}; the law's a = {_g(a3)} is not "
+                   f"cross-checked")
+  a2, a3 = float(a2), float(a3)
+  diff = abs(a2 - a3)
+  span = lambda iv: "" if iv is None else f" ({_g(iv[0])}-{_g(iv[1])})"
+  budgets = "" if num_budgets is None else f" from {num_budgets} budgets"
+  head = (f"Approach 2 (IsoFLOP minima{budgets}) gives a = {_g(a2)}{span(a2_interval)}, "
+          f"Approach 3 (the law) a = {_g(a3)}{span(a3_interval)}")
+  if a2_interval is not None and a3_interval is not None:
+    overlap = a2_interval[0] <= a3_interval[1] and a3_interval[0] <= a2_interval[1]
+    if overlap:
+      return _record("agreement", PASS, diff,
+                     f"{head}: the 95% intervals overlap (difference {diff:.2g})")
+    return _record("agreement", WARN, diff,
+                   f"{head}: the 95% intervals do not overlap (difference {diff:.2g}), so "
+                   f"the law's form and the IsoFLOP minima disagree on how to split compute")
+  if diff <= tol:
+    return _record("agreement", PASS, diff,
+                   f"{head}: they differ by {diff:.2g} (limit {tol:g}; no intervals)")
+  return _record("agreement", WARN, diff,
+                 f"{head}: they differ by {diff:.2g} (over {tol:g}), so the law's form and "
+                 f"the IsoFLOP minima disagree on how to split compute")
 
 
 def checklist(records: Sequence[dict]) -> str:
-  """The records as text lines, one per check: '[warn] floor: E = ...'."""
-  return "\n".join(f"[{r['status']}] {r['check']}: {r['detail']}" for r in records)
+  """The records as text lines, one per check: '[warn] (c) floor: E = ...'."""
+  return "\n".join(f"[{r['status']}] ({r['number']}) {r['check']}: {r['detail']}"
+                   for r in records)

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import pytest
 
-from analysis import bootstrap, cli, load_runs
+from analysis import bootstrap, cli, load_runs, pipeline
 from analysis.fitting import fit_law
 from analysis.laws import CHINCHILLA
 from test_analysis_cli import run_cli, synthetic_table, write_registry
@@ -46,8 +46,8 @@ def no_fit(monkeypatch):
   """Refusals must come before the (possibly minutes-long) fit."""
   def fail(*args, **kwargs):
     raise AssertionError("the fit ran before the arguments were checked")
-  monkeypatch.setattr(cli, "fit_lnd", fail)
-  monkeypatch.setattr(cli, "fit_law", fail)
+  monkeypatch.setattr(pipeline, "fit_lnd", fail)
+  monkeypatch.setattr(pipeline, "fit_law", fail)
 
 
 FORECAST = ("forecast", "--d-col", "tokens")
@@ -112,7 +112,7 @@ def test_unwritable_output_directories_are_one_line_before_fitting(capsys, csv, 
 def test_environment_errors_are_one_line(capsys, csv, monkeypatch):
   def unreadable(args):
     raise PermissionError(13, "Permission denied", "/data/runs.csv")
-  monkeypatch.setattr(cli, "read_table", unreadable)
+  monkeypatch.setattr(pipeline, "read_table", unreadable)
   rc, out, err = run_cli(capsys, "fit", "--csv", csv, "--d-col", "tokens")
   assert_one_line_refusal(rc, err, "/data/runs.csv: Permission denied", code=1)
 
@@ -178,7 +178,7 @@ def test_warnings_print_as_one_line_without_changing_the_process_wide_format(
   before = (warnings.formatwarning, warnings.showwarning)
   def stop(*args, **kwargs):
     raise cli.AnalysisError("stopped before the fit")
-  monkeypatch.setattr(cli, "fit_lnd", stop)
+  monkeypatch.setattr(pipeline, "fit_lnd", stop)
   rc, _, err = run_cli(capsys, "forecast", "--runs", tmp_path, "--d-col", "tokens",
                        "--flops", "1e21")
   assert rc == 2

@@ -152,10 +152,72 @@ def test_repetition():
   assert validity.check_repetition([1e6], None)["status"] == "skip"
 
 
+def test_repetition_with_unknown_runs():
+  # A registry's unique_tokens column, missing (NaN) for one run.
+  rec = validity.check_repetition([1e6, 5e6, 2e6], [1e6, 1e6, np.nan])
+  assert rec["status"] == "warn" and rec["value"] == pytest.approx(5.0)
+  assert "1 of 2 runs" in rec["detail"] and "unknown for 1 runs" in rec["detail"]
+  assert validity.check_repetition([1e6], [np.nan])["status"] == "skip"
+
+
+def test_agreement_of_approaches_2_and_3():
+  # Intervals for both: overlap decides, however far apart the points are.
+  rec = validity.check_agreement(0.50, 0.46, a2_interval=(0.47, 0.53),
+                                 a3_interval=(0.44, 0.48), num_budgets=4)
+  assert rec["status"] == "pass" and rec["number"] == "d"
+  assert rec["value"] == pytest.approx(0.04)
+  assert "from 4 budgets" in rec["detail"] and "intervals overlap" in rec["detail"]
+  rec = validity.check_agreement(0.50, 0.46, a2_interval=(0.49, 0.51),
+                                 a3_interval=(0.45, 0.47))
+  assert rec["status"] == "warn" and "do not overlap" in rec["detail"]
+  # Without both intervals: |a2 - a3| <= 0.1.
+  assert validity.check_agreement(0.55, 0.46)["status"] == "pass"
+  rec = validity.check_agreement(0.60, 0.46, a3_interval=(0.45, 0.47))
+  assert rec["status"] == "warn" and rec["value"] == pytest.approx(0.14)
+  assert "differ by 0.14 (over 0.1)" in rec["detail"]
+  rec = validity.check_agreement(None, 0.46, skipped="Approach 2 needs two budgets")
+  assert rec["status"] == "skip" and rec["value"] is None
+  assert "Approach 2 needs two budgets" in rec["detail"]
+
+
+def test_agreement_on_the_bracketing_design():
+  # Approach 2 on the exact law's IsoFLOP design: a2 = a3 = beta / (alpha + beta) closely,
+  # inside both bootstrap intervals (within-budget resampling of exact points moves little).
+  from analysis.compute_optimal import approach2, approach2_exponents
+  n, d, flops, loss = isoflop_design(np.linspace(-1, 1, 5))
+  a3 = LAW["beta"] / (LAW["alpha"] + LAW["beta"])
+  minima = approach2(n, flops, loss)
+  assert minima.allocation.a == pytest.approx(a3, abs=0.01)
+  samples = approach2_exponents(n, flops, loss, 50, seed=0)
+  assert len(samples) > 25
+  iv = np.percentile(samples, [2.5, 97.5])
+  rec = validity.check_agreement(minima.allocation.a, a3, a2_interval=iv,
+                                 a3_interval=(a3 - 0.01, a3 + 0.01))
+  assert rec["status"] == "pass", rec
+  # An allocation exponent 0.2 off (a law whose optimum moves differently) warns.
+  assert validity.check_agreement(minima.allocation.a, a3 + 0.2)["status"] == "warn"
+
+
+def test_budgets_from_a_sweep_column_group_runs_the_tolerance_would_split():
+  # IsoFLOP runs land within the sweep's tolerance of their budget, here +-8%: grouping by
+  # FLOPs within 5% splits a budget, the sweep's budget column does not.
+  from analysis.compute_optimal import approach2, budget_groups
+  n, d, _, loss = isoflop_design(np.linspace(-1, 1, 5))
+  jitter = np.tile([0.92, 0.96, 1.0, 1.04, 1.08], 3)
+  flops = np.repeat(BUDGETS, 5) * jitter
+  budget = np.repeat(BUDGETS, 5)
+  assert len(budget_groups(flops, 0.05)) > 3
+  groups = budget_groups(flops, budget=budget)
+  assert [list(g) for g in groups] == [list(range(5)), list(range(5, 10)), list(range(10, 15))]
+  assert validity.check_bracketing(n, flops, loss, budget=budget)["value"] == 3
+  assert len(approach2(n, flops, loss, budget=budget).flops) == 3
+
+
 def test_checklist_lines():
   recs = [validity.check_repetition([1e6], None), validity.check_floor(2e-11, 3.1)]
   lines = validity.checklist(recs).splitlines()
-  assert lines[0].startswith("[skip] repetition: ") and lines[1].startswith("[warn] floor: ")
+  assert lines[0].startswith("[skip] (f) repetition: ")
+  assert lines[1].startswith("[warn] (c) floor: ")
 
 
 def test_analysis_validity_imports_no_varjax():
@@ -181,19 +243,23 @@ def test_fit_reports_validity_in_json_and_as_a_checklist(capsys, tmp_path):
                          "--unique-tokens", unique, "--json")
   assert rc == 0, err
   records = {r["check"]: r for r in json.loads(out)["validity"]}
-  assert list(records) == ["bracketing", "support", "floor", "backtest", "repetition"]
+  assert list(records) == ["bracketing", "support", "floor", "agreement", "backtest",
+                           "repetition"]
+  assert [r["number"] for r in records.values()] == list("abcdef")
   # 4 budgets x 7 sizes at 1/8-8x the true N_opt: every minimum interior.
   assert records["bracketing"]["status"] == "pass" and records["bracketing"]["value"] == 4
   assert records["support"]["status"] == "pass"
   assert records["floor"]["status"] == "pass"
+  # Without --bootstrap neither approach has an interval: |a2 - a3| <= 0.1 decides.
+  assert records["agreement"]["status"] == "pass" and records["agreement"]["value"] < 0.02
   assert records["backtest"]["status"] == "pass" and records["backtest"]["value"] < 0.01
   assert records["repetition"]["status"] == "warn"
   assert records["repetition"]["value"] == pytest.approx(table["tokens"].max() / unique)
   cli._print({"validity": list(records.values())}, as_json=False)
   lines = capsys.readouterr().out.splitlines()
   assert [line.split(":")[0].strip() for line in lines] == [
-      "[pass] bracketing", "[pass] support", "[pass] floor", "[pass] backtest",
-      "[warn] repetition"]
+      "[pass] (a) bracketing", "[pass] (b) support", "[pass] (c) floor",
+      "[pass] (d) agreement", "[pass] (e) backtest", "[warn] (f) repetition"]
 
 
 def test_plan_states_its_verdict(capsys, tmp_path):

@@ -1,0 +1,389 @@
+"""What `python -m analysis` computes: runs by role, fits with their uncertainty, both
+allocation estimates, validity checks, forecasts and plans, as plain dicts (the JSON the
+commands print). cli.py reads the arguments and prints; report.py writes report.md.
+
+Data come from `--csv FILE` or `--runs DIR` (a registry read by `load_runs`); columns are
+chosen by role: `--n-col` (parameters N), `--d-col` (tokens D) or `--c-col` (FLOPs C, with
+D = C / (6 N)), `--loss-col`, `--fid-col`. A registry's `sweep.budget` groups IsoFLOP runs
+by budget, and its `unique_tokens` / `epochs` columns give the data repetition.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+import numpy as np
+import pandas as pd
+
+from analysis import compute_optimal, laws, validity
+from analysis.fitting import Fit, fit_law
+from analysis.uncertainty import Backtest, Bootstrap, bootstrap, leave_largest_out
+from analysis.validate import AnalysisError
+
+
+# ---------------------------------------------------------------- data
+
+def read_table(args) -> pd.DataFrame:
+  if bool(args.csv) == bool(args.runs):
+    raise AnalysisError("give exactly one of --csv FILE or --runs DIR")
+  if args.csv:
+    if not os.path.isfile(args.csv):
+      raise AnalysisError(f"CSV file not found: {args.csv}")
+    try:
+      table = pd.read_csv(args.csv)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+      raise AnalysisError(f"{args.csv} is not a readable CSV: {str(e).splitlines()[0]}") from None
+  else:
+    from analysis.runs import load_runs
+    table = load_runs(args.runs)
+    if table.empty:
+      raise AnalysisError(f"no finished runs (summary.json) under {args.runs}")
+  if args.drop_top_loss and args.drop_top_loss >= len(table):
+    raise AnalysisError(f"--drop-top-loss {args.drop_top_loss} drops all {len(table)} rows")
+  if args.drop_top_loss:
+    table = table.sort_values(args.loss_col).iloc[:-args.drop_top_loss] \
+        if args.loss_col in table else table
+  return table
+
+
+def column(table: pd.DataFrame, name: str, flag: str) -> np.ndarray:
+  if name not in table.columns:
+    raise AnalysisError(f"{flag} {name!r} is not a column; columns are: "
+                        f"{', '.join(map(str, table.columns))}")
+  return pd.to_numeric(table[name], errors="coerce").to_numpy(np.float64)
+
+
+def data_column(table: pd.DataFrame, name: str, flag: str) -> np.ndarray:
+  """A column every fitted row needs: missing or non-numeric values are refused, naming
+  the runs (a registry) or CSV lines that hold them."""
+  values = column(table, name, flag)
+  bad = np.isnan(values)
+  if bad.any():
+    if "run_dir" in table.columns:
+      where = list(table["run_dir"][bad].astype(str))
+      unit = "run"
+    else:
+      where = [str(i + 2) for i in table.index[bad]]  # line 1 is the header
+      unit = "CSV line"
+    shown = ", ".join(where[:5]) + (f" and {len(where) - 5} more" if len(where) > 5 else "")
+    raise AnalysisError(f"{flag} {name!r} is missing or not a number (NaN) in {len(where)} "
+                        f"{unit}(s): {shown}")
+  return values
+
+
+def nd_inputs(table, args) -> dict[str, np.ndarray]:
+  n = data_column(table, args.n_col, "--n-col")
+  if args.d_col:
+    d = data_column(table, args.d_col, "--d-col")
+  elif args.c_col:
+    d = data_column(table, args.c_col, "--c-col") / (6.0 * n)
+  else:
+    raise AnalysisError("give --d-col (tokens) or --c-col (training FLOPs)")
+  return {"N": n, "D": d}
+
+
+def sweep_budgets(table: pd.DataFrame) -> np.ndarray | None:
+  """float64[runs]: each run's IsoFLOP budget when every run comes from an IsoFLOP sweep
+  (sweep.json: budget_kind 'flops'); None otherwise (budgets are then runs whose FLOPs
+  agree within a tolerance)."""
+  if not {"sweep.budget_kind", "sweep.budget"} <= set(table.columns):
+    return None
+  if not (table["sweep.budget_kind"] == "flops").all():
+    return None
+  budget = pd.to_numeric(table["sweep.budget"], errors="coerce").to_numpy(np.float64)
+  return budget if np.isfinite(budget).all() else None
+
+
+def unique_tokens(table: pd.DataFrame, tokens: np.ndarray, override=None) -> np.ndarray | None:
+  """float64[runs]: distinct training tokens per epoch, NaN where unknown: `override`
+  (--unique-tokens T) for every run, else the registry's `unique_tokens` column, else
+  D / its `epochs` column; None when none of them is there."""
+  if override is not None:
+    return np.full(len(tokens), float(override))
+  for name, to_unique in (("unique_tokens", lambda u: u), ("epochs", lambda e: tokens / e)):
+    if name in table.columns:
+      values = pd.to_numeric(table[name], errors="coerce").to_numpy(np.float64)
+      values = np.where(values > 0, values, np.nan)
+      if np.isfinite(values).any():
+        return to_unique(values)
+  return None
+
+
+@dataclasses.dataclass
+class Data:
+  """The runs by role; arrays are float64[runs] in table order."""
+  table: pd.DataFrame
+  inputs: dict[str, np.ndarray]  # N, D
+  y: np.ndarray  # loss
+  budget: np.ndarray | None  # a sweep's IsoFLOP budget per run
+  unique_tokens: np.ndarray | None  # per run, NaN where unknown
+
+  @property
+  def flops(self) -> np.ndarray:
+    return 6 * self.inputs["N"] * self.inputs["D"]
+
+
+def load_data(args) -> Data:
+  table = read_table(args)
+  inputs = nd_inputs(table, args)
+  y = data_column(table, args.loss_col, "--loss-col")
+  return Data(table, inputs, y, sweep_budgets(table),
+              unique_tokens(table, inputs["D"], getattr(args, "unique_tokens", None)))
+
+
+# ---------------------------------------------------------------- fits
+
+def allocation_of(fit: Fit) -> compute_optimal.Allocation:
+  return compute_optimal.allocation_for(fit.law.name, fit.params)
+
+
+def extrapolation(fit: Fit, point: dict[str, float]) -> dict:
+  """How far outside the fitted range a point is, per input (1 = inside)."""
+  values = {role: (fit.inputs[role], point[role]) for role in fit.law.inputs}
+  if {"N", "D"} <= set(values):  # compute can be out of range while N and D are not
+    values["C"] = (6 * fit.inputs["N"] * fit.inputs["D"], 6 * point["N"] * point["D"])
+  out = {}
+  for role, (fitted, v) in values.items():
+    lo, hi = fitted.min(), fitted.max()
+    out[role] = float(v / hi if v > hi else (lo / v if v < lo else 1.0))
+  out["beyond_fitted_range"] = any(v > 1.0 for v in out.values())
+  return out
+
+
+def predictions(fit: Fit, boot: Bootstrap | None, points) -> list[dict]:
+  out = []
+  for point in points:
+    inputs = {k: np.array([point[k]]) for k in fit.law.inputs}
+    row = {**point, "loss": float(fit.predict(inputs)[0]),
+           "extrapolation": extrapolation(fit, point)}
+    if boot is not None:
+      lo, hi = boot.predict_interval(inputs)
+      row["interval_95"] = [float(lo[0]), float(hi[0])]
+    out.append(row)
+  return out
+
+
+def optimal_point(fit: Fit, flops: float) -> dict[str, float]:
+  """The compute-optimal (N, D) of a budget under the fitted law."""
+  n = float(allocation_of(fit).n_opt(flops))
+  return {"N": n, "D": flops / (6 * n), "C": flops}
+
+
+# A fitted floor under this fraction of the lowest observed loss means the runs show none.
+FLOOR_FRACTION = 0.01
+# A term under this fraction of the loss at every run is one the runs do not show.
+TERM_FRACTION = 1e-3
+
+
+def unseen_terms(fit: Fit) -> list[str]:
+  """Warnings for terms of an L(N, D) law that stay under TERM_FRACTION of the loss at
+  every run: the fit then sends their exponents anywhere (alpha = 140 when the loss does
+  not depend on N) and nothing that depends on them is determined by the data."""
+  p, n, d, y = fit.params, fit.inputs["N"], fit.inputs["D"], fit.y
+  with np.errstate(over="ignore", under="ignore"):
+    if fit.law.name == "chinchilla":
+      terms = [("N", "A / N^alpha", f"alpha = {p['alpha']:.3g}", p["A"] * n ** -p["alpha"]),
+               ("D", "B / D^beta", f"beta = {p['beta']:.3g}", p["B"] * d ** -p["beta"])]
+    else:
+      terms = [("N or D", "L - E", f"eta = {p['eta']:.3g}", fit.predict(fit.inputs) - p["E"])]
+  return [f"{fit.law.name}: the runs show no dependence on {role}: {term} is under "
+          f"{TERM_FRACTION:.1%} of the loss at every run ({exponent}), so that exponent, the "
+          f"allocation and forecasts that vary {role} are not determined by the data. Add runs "
+          f"that vary {role}, or check the columns."
+          for role, term, exponent, value in terms if np.all(value < TERM_FRACTION * y)]
+
+
+def fit_lnd(law_name: str, inputs, y, args) -> tuple[Fit, list[str]]:
+  """Fits an L(N, D) law, with E fixed when --fix-e is given; returns the fit and warnings
+  about what the data cannot tell (reports carry them under `warnings`)."""
+  law = laws.LND_LAWS[law_name]
+  if args.fix_e is not None:
+    lowest = float(np.nanmin(y))
+    if not 0 < args.fix_e < lowest:
+      raise AnalysisError(f"--fix-e {args.fix_e:g}: E must be positive and below the lowest "
+                          f"observed loss ({lowest:.4g})")
+    law = laws.with_floor(law, args.fix_e)
+  fit = fit_law(law, inputs, y)
+  notes = []
+  floor, lowest = fit.params["E"], float(np.min(fit.y))
+  if args.fix_e is None and floor < FLOOR_FRACTION * lowest:
+    notes.append(
+        f"{law.name}: E fitted to {floor:.3g}, under {FLOOR_FRACTION:.0%} of the lowest loss "
+        f"({lowest:.4g}): these runs show no floor, so the law is a sum of power laws whose "
+        f"forecasts fall toward 0 far from the data (optimistic). Add larger or longer runs, "
+        f"or fix the floor with --fix-e (from a larger study or the data's entropy).")
+  return fit, notes + unseen_terms(fit)
+
+
+def approach2_report(data: Data, replicates: int, seed: int):
+  """Approach 2 on the runs' IsoFLOP budgets: (IsoFlopMinima or None, its JSON), with a
+  95% interval of a from a within-budget bootstrap when `replicates` > 0."""
+  try:
+    minima = compute_optimal.approach2(data.inputs["N"], data.flops, data.y,
+                                       budget=data.budget)
+  except AnalysisError as e:
+    return None, {"skipped": str(e)}
+  out = {**minima.allocation.to_dict(), "num_budgets": len(minima.flops),
+         "budgets": minima.flops.tolist(), "n_opt": minima.n_opt.tolist(),
+         "grouped_by": "sweep.budget" if data.budget is not None else "FLOPs within 5%"}
+  if replicates:
+    a = compute_optimal.approach2_exponents(data.inputs["N"], data.flops, data.y, replicates,
+                                            budget=data.budget, seed=seed)
+    if len(a) >= 2:
+      out["interval_95_a"] = [float(np.percentile(a, 2.5)), float(np.percentile(a, 97.5))]
+  return minima, out
+
+
+@dataclasses.dataclass
+class Fitted:
+  fit: Fit
+  boot: Bootstrap | None
+  backtest: Backtest | None
+  minima: compute_optimal.IsoFlopMinima | None  # Approach 2, when the runs allow it
+  report: dict  # the JSON of all the above
+
+
+def fit_report(law_name: str, data: Data, args, *, replicates: int,
+               backtest: bool) -> Fitted:
+  """The fit with `replicates` bootstrap refits (0: none), both allocation estimates and,
+  if `backtest`, the leave-largest-out backtest (its plot goes to --plot-dir or --out)."""
+  fit, notes = fit_lnd(law_name, data.inputs, data.y, args)
+  law = fit.law
+  report = {"law": law.name, "formula": law.formula, **fit.params,
+            "objective": fit.objective, "num_points": int(len(data.y)),
+            "num_starts": fit.num_starts, "converged": fit.converged}
+  if notes:
+    report["warnings"] = notes
+  report["allocation"] = allocation_of(fit).to_dict()
+  boot = None
+  if replicates:
+    boot = bootstrap(fit, replicates, seed=args.seed)
+    report["intervals_95"] = {k: list(v) for k, v in boot.intervals().items()}
+    a_samples = [alloc.a for _, alloc in boot.allocations()]
+    if a_samples:
+      report["intervals_95"]["allocation_a"] = [float(np.percentile(a_samples, 2.5)),
+                                                float(np.percentile(a_samples, 97.5))]
+  minima, report["approach2"] = approach2_report(data, replicates, args.seed)
+  bt = None
+  if backtest:
+    bt = leave_largest_out(law, data.inputs, data.y, seed=args.seed)
+    report["backtest"] = bt.to_dict()
+    out = getattr(args, "plot_dir", None) or getattr(args, "out", None)
+    if out:
+      from analysis import plots
+      report.setdefault("plots", []).append(
+          plots.backtest_plot(bt, os.path.join(out, f"backtest_{law.name}.png")))
+  return Fitted(fit, boot, bt, minima, report)
+
+
+def validity_checks(fitted: Fitted, data: Data, args, flops=None) -> list[dict]:
+  """analysis.validity's six checks of an L(N, D) fit. Support is over the compute range
+  of `flops` (forecast or planned C; default: the trained compute range)."""
+  fit, report = fitted.fit, fitted.report
+  n, d, y = data.inputs["N"], data.inputs["D"], data.y
+  if flops is None or not len(flops):
+    flops = data.flops
+  alloc = allocation_of(fit)
+  intervals = report.get("intervals_95", {})
+  a2 = report["approach2"]
+  bt = fitted.backtest
+  no_backtest = ("--no-backtest was given" if args.command == "fit" else
+                 f"`{args.command}` does not run one (`fit` and `report` do)")
+  return [
+      validity.check_bracketing(n, data.flops, y, budget=data.budget),
+      validity.check_support(alloc, [np.min(flops), np.max(flops)], n, d),
+      validity.check_floor(fit.params["E"], float(np.min(y)), intervals.get("E"),
+                           fixed=args.fix_e is not None),
+      validity.check_agreement(a2.get("a"), alloc.a, a2_interval=a2.get("interval_95_a"),
+                               a3_interval=intervals.get("allocation_a"),
+                               skipped=a2.get("skipped"), num_budgets=a2.get("num_budgets")),
+      validity.check_backtest(None if bt is None else bt.relative_errors,
+                              None if bt is None else bt.coverage, skipped=no_backtest),
+      validity.check_repetition(d, data.unique_tokens),
+  ]
+
+
+# ---------------------------------------------------------------- FID
+
+def fid_map(data: Data, args, replicates: int) -> tuple[Fit, Bootstrap]:
+  """The loss -> FID map fitted on the runs that report both, and its bootstrap."""
+  fid = column(data.table, args.fid_col, "--fid-col")
+  ok = np.isfinite(fid) & (fid > 0)
+  fit = fit_law(laws.LOSS_TO_FID, {"loss": data.y[ok]}, fid[ok])
+  return fit, bootstrap(fit, replicates, seed=args.seed)
+
+
+def fid_at(fit: Fit, boot: Bootstrap, losses) -> tuple[np.ndarray, np.ndarray]:
+  """FID at `losses` through the map: values float64[k] and 95% intervals float64[k, 2]."""
+  x = {"loss": np.asarray(losses, np.float64)}
+  lo, hi = boot.predict_interval(x)
+  return fit.predict(x), np.stack([lo, hi], 1)
+
+
+def fid_forecast(data: Data, args, losses) -> dict:
+  fit, boot = fid_map(data, args, args.bootstrap or 200)
+  values, intervals = fid_at(fit, boot, losses)
+  return {"map": laws.LOSS_TO_FID.formula, **fit.params, "values": values.tolist(),
+          "interval_95": intervals.tolist()}
+
+
+# ---------------------------------------------------------------- forecasts and plans
+
+def forecast(args) -> tuple[dict, Data]:
+  """Loss (and FID) with 95% intervals at --at points and compute-optimal --flops budgets;
+  validity checks with support over the compute range forecast."""
+  data = load_data(args)
+  fitted = fit_report(args.law, data, args, replicates=args.bootstrap or 200, backtest=False)
+  fit = fitted.fit
+  points = list(args.at) + [optimal_point(fit, c) for c in args.flops or []]
+  report = {"law": fit.law.name, **fit.params, "predict": predictions(fit, fitted.boot, points)}
+  if "warnings" in fitted.report:
+    report["warnings"] = fitted.report["warnings"]
+  if args.fid_col:
+    report["fid"] = fid_forecast(data, args, [p["loss"] for p in report["predict"]])
+  report["validity"] = validity_checks(fitted, data, args,
+                                       [6 * p["N"] * p["D"] for p in points])
+  return report, data
+
+
+def plan_of(row: dict, args, trained: dict[str, np.ndarray]) -> dict:
+  """A budget's plan from its compute-optimal prediction `row`: N_opt, D_opt, loss, the
+  verdict against the `trained` N and D, and wall time on --accelerator."""
+  flops = 6 * row["N"] * row["D"]
+  hours = compute_optimal.wall_time_hours(flops, args.accelerator, args.mfu, args.chips)
+  return {"flops": flops, "N_opt": row["N"], "D_opt": row["D"],
+          "tokens_per_param": row["D"] / row["N"], "loss": row["loss"],
+          "loss_interval_95": row.get("interval_95"), "extrapolation": row["extrapolation"],
+          "verdict": validity.plan_verdict(row["N"], row["D"], trained["N"], trained["D"]),
+          "accelerator": args.accelerator, "mfu": args.mfu, "chips": args.chips,
+          "wall_time_hours": hours}
+
+
+def plan(args) -> dict:
+  args.at, args.flops = [], [args.plan_flops]
+  report, data = forecast(args)
+  out = plan_of(report["predict"][0], args, data.inputs)
+  out["flops"] = args.plan_flops
+  out.update({"fid": report.get("fid"), "law": report["law"],
+              "validity": report["validity"]})
+  if "warnings" in report:
+    out["warnings"] = report["warnings"]
+  return out
+
+
+def jsonable(value):
+  """`value` as plain JSON: numpy scalars and arrays as Python ones, NaN and +-inf as null
+  (JSON has neither; Python's json would write them anyway)."""
+  if isinstance(value, dict):
+    return {str(k): jsonable(v) for k, v in value.items()}
+  if isinstance(value, np.ndarray):
+    value = value.tolist()
+  if isinstance(value, (list, tuple)):
+    return [jsonable(v) for v in value]
+  if isinstance(value, np.generic):
+    value = value.item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value

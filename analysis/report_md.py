@@ -1,0 +1,276 @@
+"""report.md and the report's text summary: pure functions of the report.json dict.
+
+Sections: Question; Runs; Fitted law; Validity checklist; Forecasts; Compute-optimal plan;
+Figures; What the numbers say. Every number comes from the dict (3 significant figures),
+and every sentence is made from those numbers, so the text cannot drift from report.json.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from typing import Sequence
+
+SECTIONS = ("Question", "Runs", "Fitted law", "Validity checklist", "Forecasts",
+            "Compute-optimal plan", "Figures", "What the numbers say")
+STATUS = {"pass": "✅ pass", "warn": "⚠️ warn", "skip": "➖ skip"}
+
+
+def num(x) -> str:
+  """3 significant figures; powers of ten as 2.5e7 outside [1e-3, 1e4); '–' for none."""
+  if x is None or (isinstance(x, float) and not math.isfinite(x)):
+    return "–"
+  x = float(f"{float(x):.3g}")  # rounded first: 999.6 -> 1000
+  if x == 0 or 1e-3 <= abs(x) < 1e3:
+    return f"{x:.3g}"
+  if 1e3 <= abs(x) < 1e4:  # 1840, not 1.84e+03
+    return f"{x:.0f}"
+  mantissa, exponent = f"{x:.2e}".split("e")
+  mantissa = mantissa.rstrip("0").rstrip(".")
+  return f"{mantissa}e{int(exponent)}"
+
+
+def interval(iv) -> str:
+  return "" if not iv else f"[{num(iv[0])}, {num(iv[1])}]"
+
+
+def with_interval(x, iv) -> str:
+  return f"{num(x)} {interval(iv)}".strip()
+
+
+def point_name(point: dict) -> str:
+  return f"N={num(point['N'])}, D={num(point['D'])}"
+
+
+def default_question(points: Sequence[dict], flops: float | None, fid_col: str | None,
+                     model: str = "a model") -> str:
+  """The question the report answers, from what it was asked to forecast and plan."""
+  target = "loss" + (f" and {fid_col}" if fid_col else "")
+  parts = []
+  if points:
+    where = " and ".join(f"N={num(p['N'])} parameters on D={num(p['D'])} tokens"
+                         for p in points)
+    parts.append(f"What {target} will {model} of {where} reach")
+  if flops:
+    verb = "how should" if parts else "How should"
+    parts.append(f"{verb} {num(flops)} FLOPs be split between parameters and tokens")
+  if not parts:
+    return (f"What scaling law do these runs follow, and can its {target} forecasts be "
+            f"trusted?")
+  return ", and ".join(parts) + "?"
+
+
+# ---------------------------------------------------------------- sections
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+  return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
+          ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def runs_section(report: dict) -> list[str]:
+  runs, fd = report.get("runs", []), report.get("fid_col")
+  if not runs:
+    return ["No runs."]
+  ns, ds, cs = ([r[k] for r in runs] for k in ("N", "D", "flops"))
+  lines = [f"{len(runs)} runs: N {num(min(ns))}-{num(max(ns))}, D {num(min(ds))}-"
+           f"{num(max(ds))} tokens, C {num(min(cs))}-{num(max(cs))} FLOPs (6ND).", ""]
+  header = ["run", "N", "D", "D/N", "epochs", "FLOPs", "loss"] + ([fd] if fd else [])
+  rows = [[str(r["run"]), num(r["N"]), num(r["D"]), num(r["tokens_per_param"]),
+           num(r.get("epochs")), num(r["flops"]), num(r["loss"])] +
+          ([num(r.get("fid"))] if fd else []) for r in runs]
+  return lines + _table(header, rows)
+
+
+def _substituted(formula: str, params: dict) -> str:
+  """The formula with each parameter's value in place of its name."""
+  names = sorted((k for k in params if isinstance(params[k], (int, float))), key=len,
+                 reverse=True)
+  if not names:
+    return formula
+  pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
+  return pattern.sub(lambda m: num(params[m.group(1)]), formula)
+
+
+LAW_PARAMS = {"chinchilla": ("E", "A", "B", "alpha", "beta"), "overtrain": ("E", "a", "b", "eta")}
+
+
+def law_section(report: dict) -> list[str]:
+  names = [k for k in LAW_PARAMS.get(report["law"], ()) if k in report]
+  params = {k: report[k] for k in names}
+  formula = report["formula"].split(",  E = ")[0]  # a fixed floor is stated below
+  plain = formula.replace("L = ", "L(N, D) = ", 1)
+  iv = report.get("intervals_95", {})
+  lines = [f"`{plain}`", "", f"`{_substituted(plain, params)}`", ""]
+  lines += _table(["parameter", "value", "95% interval"],
+                  [[k, num(report[k]), interval(iv.get(k)) or "–"] for k in names])
+  fixed = report["formula"].split(",  E = ")[1:]
+  lines += ["", f"Fitted to {report['num_points']} runs ({report['law']} law, "
+                f"{report['num_starts']} starts)" +
+            (f"; E = {fixed[0]}" if fixed else "") +
+            (f"; intervals from {report['bootstrap']} bootstrap refits over runs"
+             if report.get("bootstrap") else "") + "."]
+  alloc = report.get("allocation")
+  if alloc:
+    lines += ["", f"Compute-optimal allocation (Approach 3, from the law): N_opt ∝ C^a, "
+                  f"D_opt ∝ C^b with a = {with_interval(alloc['a'], iv.get('allocation_a'))}, "
+                  f"b = {num(alloc['b'])}."]
+  a2 = report.get("approach2")
+  if a2 and "a" in a2:
+    lines.append(f"Approach 2 (IsoFLOP parabola minima of {a2['num_budgets']} budgets, grouped "
+                 f"by {a2['grouped_by']}): a = {with_interval(a2['a'], a2.get('interval_95_a'))}.")
+  elif a2:
+    lines.append(f"Approach 2 (IsoFLOP minima) did not run: {a2['skipped']}")
+  fm = report.get("fid_map")
+  if fm and "map" in fm:
+    fiv = fm.get("intervals_95", {})
+    ps = ", ".join(f"{k} = {with_interval(fm[k], fiv.get(k))}" for k in ("F_inf", "k", "s"))
+    lines += ["", f"{fm['column']} from loss, fitted on {fm['num_points']} runs: "
+                  f"`{fm['map'].replace('fid', fm['column'], 1)}` with {ps}."]
+  elif fm:
+    lines += ["", f"{fm['column']} from loss: not fitted ({fm['skipped']})."]
+  for note in report.get("warnings", []):
+    lines += ["", f"> ⚠️ {note}"]
+  return lines
+
+
+def validity_section(report: dict) -> list[str]:
+  return [f"- {STATUS[r['status']]} ({r['number']}) **{r['check']}**: {r['detail']}"
+          for r in report.get("validity", [])]
+
+
+def _outside(row: dict, role: str) -> str:
+  factor, side = row["vs_trained"][role]
+  return "inside" if side == "inside" else f"{num(factor)}× {side}"
+
+
+def forecasts_section(report: dict) -> list[str]:
+  rows, fd = report.get("forecasts", []), report.get("fid_col")
+  if not rows:
+    return ["No forecast was asked (`--at N=..,D=..`)."]
+  header = ["point", "C", "loss [95%]"] + ([f"{fd} [95%]"] if fd else []) + \
+      ["N vs trained", "D vs trained"]
+  body = [[point_name(r), num(6 * r["N"] * r["D"]),
+           with_interval(r["loss"], r.get("interval_95"))] +
+          ([with_interval(r.get("fid"), r.get("fid_interval_95"))] if fd else []) +
+          [_outside(r, "N"), _outside(r, "D")] for r in rows]
+  return _table(header, body)
+
+
+def plan_section(report: dict) -> list[str]:
+  p, fd = report.get("plan"), report.get("fid_col")
+  if not p:
+    return ["No budget was asked (`--flops C`)."]
+  header = ["budget C", "N_opt", "D_opt", "D/N", "loss [95%]"] + \
+      ([f"{fd} [95%]"] if fd else []) + ["wall time"]
+  row = [num(p["flops"]), num(p["N_opt"]), num(p["D_opt"]), num(p["tokens_per_param"]),
+         with_interval(p["loss"], p.get("loss_interval_95"))] + \
+      ([with_interval(p.get("fid"), p.get("fid_interval_95"))] if fd else []) + \
+      [f"{num(p['wall_time_hours'])} h on {p['chips']} {p['accelerator']} at "
+       f"{p['mfu']:.0%} MFU"]
+  verdict = p["verdict"][:1].upper() + p["verdict"][1:]
+  return _table(header, [row]) + ["", f"**Verdict:** {verdict}."]
+
+
+def figures_section(report: dict) -> list[str]:
+  plots = report.get("plots", [])
+  if not plots:
+    return ["No figures."]
+  out = []
+  for path in plots:
+    name = os.path.basename(path)
+    out += [f"![{os.path.splitext(name)[0].replace('_', ' ')}]({name})", ""]
+  return out[:-1]
+
+
+def findings(report: dict) -> list[str]:
+  """Short sentences made from the numbers: spread, allocation, backtest, checks that
+  warn and why, extrapolations, the plan."""
+  out = []
+  runs = report.get("runs", [])
+  if runs:
+    span = lambda k: max(r[k] for r in runs) / min(r[k] for r in runs)
+    out.append(f"The {len(runs)} runs span {num(span('N'))}x in N, {num(span('D'))}x in D and "
+               f"{num(span('flops'))}x in compute.")
+  alloc, iv = report.get("allocation"), report.get("intervals_95", {})
+  if alloc:
+    out.append(f"The law gives N_opt ∝ C^a with a = "
+               f"{with_interval(alloc['a'], iv.get('allocation_a'))}: ten times the compute "
+               f"should buy {num(10 ** alloc['a'])}x the parameters and "
+               f"{num(10 ** alloc['b'])}x the tokens.")
+  bt = report.get("backtest")
+  if bt:
+    out.append(f"Refitted without its {bt['num_held_out']} largest-{bt['holdout_by']} runs, "
+               f"the law predicted them with a mean error of "
+               f"{bt['mean_relative_error']:.2%} (max {bt['max_relative_error']:.2%}); "
+               f"{bt['interval_coverage']:.0%} fell inside their 95% intervals.")
+  checks = report.get("validity", [])
+  warned = [r for r in checks if r["status"] == "warn"]
+  passed = sum(r["status"] == "pass" for r in checks)
+  if checks:
+    out.append(f"{passed} of {len(checks)} validity checks pass" +
+               (f" and {len(warned)} warn." if warned else "."))
+  for r in warned:
+    out.append(f"Check ({r['number']}) {r['check']} warns: {r['detail']}.")
+  for r in report.get("forecasts", []):
+    outside = [f"{role} {_outside(r, role)} the trained range" for role in ("N", "D")
+               if r["vs_trained"][role][1] != "inside"]
+    where = ("an extrapolation: " + " and ".join(outside)) if outside else \
+        "inside the trained N and D ranges"
+    out.append(f"The forecast at {point_name(r)} (loss "
+               f"{with_interval(r['loss'], r.get('interval_95'))}) is {where}.")
+  p = report.get("plan")
+  if p:
+    out.append(f"Spending {num(p['flops'])} FLOPs compute-optimally means N_opt = "
+               f"{num(p['N_opt'])} on D_opt = {num(p['D_opt'])} tokens "
+               f"({num(p['tokens_per_param'])} tokens per parameter), for a loss of "
+               f"{with_interval(p['loss'], p.get('loss_interval_95'))}. Verdict: "
+               f"{p['verdict']}.")
+  return out
+
+
+def render(report: dict, title: str = "Scaling-law report") -> str:
+  """report.md from report.json's dict: every section in SECTIONS order."""
+  body = {
+      "Question": [report.get("question", "")],
+      "Runs": runs_section(report),
+      "Fitted law": law_section(report),
+      "Validity checklist": validity_section(report),
+      "Forecasts": forecasts_section(report),
+      "Compute-optimal plan": plan_section(report),
+      "Figures": figures_section(report),
+      "What the numbers say": [" ".join(findings(report))],
+  }
+  lines = [f"# {title}", ""]
+  for name in SECTIONS:
+    lines += [f"## {name}", "", *body[name], ""]
+  return "\n".join(lines)
+
+
+def summary(report: dict, md_path: str) -> str:
+  """The report command's text output: the law, the checklist, forecasts and the plan."""
+  iv = report.get("intervals_95", {})
+  names = [k for k in LAW_PARAMS.get(report["law"], ()) if k in report]
+  lines = [f"question: {report.get('question', '')}",
+           f"law: {report['formula']}: " +
+           ", ".join(f"{k} = {with_interval(report[k], iv.get(k))}" for k in names)]
+  alloc, a2 = report.get("allocation"), report.get("approach2", {})
+  if alloc:
+    lines.append(f"allocation: a = {with_interval(alloc['a'], iv.get('allocation_a'))} "
+                 f"(Approach 3)" + (f", {with_interval(a2['a'], a2.get('interval_95_a'))} "
+                                    f"(Approach 2)" if "a" in a2 else ""))
+  lines += [f"[{r['status']}] ({r['number']}) {r['check']}: {r['detail']}"
+            for r in report.get("validity", [])]
+  fd = report.get("fid_col")
+  for r in report.get("forecasts", []):
+    lines.append(f"forecast {point_name(r)}: loss {with_interval(r['loss'], r.get('interval_95'))}"
+                 + (f", {fd} {with_interval(r.get('fid'), r.get('fid_interval_95'))}"
+                    if fd else "") + f" (N {_outside(r, 'N')}, D {_outside(r, 'D')})")
+  p = report.get("plan")
+  if p:
+    lines.append(f"plan {num(p['flops'])} FLOPs: N_opt = {num(p['N_opt'])}, D_opt = "
+                 f"{num(p['D_opt'])}, loss {with_interval(p['loss'], p.get('loss_interval_95'))}"
+                 f": {p['verdict']}")
+  lines += [f"warning: {note}" for note in report.get("warnings", [])]
+  lines.append(f"report: {md_path}")
+  return "\n".join(lines)
