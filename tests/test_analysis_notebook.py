@@ -1,10 +1,12 @@
-"""The scaling-law notebook runs headless on a small fixture registry."""
+"""The scaling-law notebook runs headless on a small fixture registry and shows every
+section of report.md."""
 
 import importlib.util
 import os
 
 import nbformat
 
+from analysis.report_md import SECTIONS
 from test_analysis_cli import isoflop_table, write_registry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,5 +25,9 @@ def test_notebook_executes_on_a_fixture_registry(tmp_path, monkeypatch):
   outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
   assert not [o for o in outputs if o.output_type == "error"]
   assert any("28 runs" in o.get("text", "") for o in outputs)
+  shown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
+  for name in SECTIONS:
+    assert f"## {name}" in shown, name
+  assert (tmp_path / "figures" / "report.md").exists()
   for name in ("loss_vs_compute.png", "allocation.png", "residuals.png", "isoflop.png"):
     assert (tmp_path / "figures" / name).stat().st_size > 10_000
