@@ -231,3 +231,32 @@ def test_preview_grid_has_one_row_per_class(embedded_data_dir, tmp_path):
   grid = np.asarray(Image.open(tmp_path / "grid.png"))
   pad, scale, n = 2, 2, len(embedded.SOURCES)
   assert grid.shape == ((n * (32 + pad) + pad) * scale, (8 * (32 + pad) + pad) * scale, 3)
+
+
+def test_stream_crops_are_pure_disjoint_from_validation_and_cut_from_the_photographs(
+    embedded_data_dir):
+  from varjax.data import open_split
+  stream = open_split("embedded32", "stream", embedded_data_dir)
+  again = embedded.CropStream(32)
+  assert len(stream) == embedded.STREAM_SIZE
+  indices = [0, 1, 2, 777, 123_456, embedded.STREAM_SIZE - 1]
+  for i in indices:  # a pure function of the index, whatever was read before
+    np.testing.assert_array_equal(stream[i]["image"], again[i]["image"])
+  # Validation crops as stored by TFDS (the independent reference): none is in the stream.
+  valid = {(int(e["label"]), *(int(v) for v in e["crop_box"]))
+           for e in all_examples(embedded_data_dir, "validation")}
+  boxes = [(int(stream[i]["label"]), *(int(v) for v in stream[i]["crop_box"]))
+           for i in range(3000)]
+  assert not valid & set(boxes)
+  assert len(set(boxes)) >= 2995  # distinct crops (chance repeats ~ K^2 / 4e8)
+  for i in (5, 2999):
+    ex = stream[i]
+    filename, _ = embedded.SOURCES[ex["label"]]
+    top, left, size = (int(v) for v in ex["crop_box"])
+    with Image.open(os.path.join(embedded.source_dir(), filename)) as img:
+      expected = img.convert("RGB").resize((32, 32), Image.Resampling.BICUBIC,
+                                           box=(left, top, left + size, top + size),
+                                           reducing_gap=2.0)
+    np.testing.assert_array_equal(ex["image"], np.asarray(expected))
+  with pytest.raises(IndexError):
+    stream[embedded.STREAM_SIZE]

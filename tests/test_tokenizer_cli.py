@@ -233,3 +233,26 @@ def test_sigterm_saves_and_the_same_command_resumes(embedded_data_dir, tmp_path)
   assert resumed.returncode == 0, resumed.stderr
   with open(tmp_path / "tiny" / "summary.json") as f:
     assert json.load(f)["resumed_at_step"] == step
+
+
+def test_tokenize_a_prefix_of_the_stream(tokenizer_run, tmp_path):
+  """The `stream` split: --num-examples K encodes its first K crops, and a longer prefix
+  starts with the same tokens (crop i does not depend on K)."""
+  from varjax.data import tokens
+
+  run_dir, _ = tokenizer_run
+  result = run_varjax("tokenize", "--tokenizer", run_dir, "--split", "stream", "--out",
+                      str(tmp_path / "none"))
+  assert result.returncode == 2 and "--num-examples" in result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1
+  for k in (200, 300):
+    result = run_varjax("tokenize", "--tokenizer", run_dir, "--split", "stream", "--out",
+                        str(tmp_path / f"s{k}"), "--num-examples", str(k),
+                        "--batch-size", "64")
+    assert result.returncode == 0, result.stderr
+    assert f"[stream]: {k} token pyramids" in result.stdout
+  short, long = (tokens.TokenPyramids(str(tmp_path / f"s{k}")) for k in (200, 300))
+  assert len(short) == 200 and len(long) == 300
+  np.testing.assert_array_equal(short.flat(np.arange(200)), long.flat(np.arange(200)))
+  np.testing.assert_array_equal(short.labels, long.labels[:200])
+  assert len(set(long.labels.tolist())) == 16  # every photograph is drawn

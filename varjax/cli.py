@@ -153,7 +153,7 @@ def _cmd_tokenize(args) -> None:
   from varjax.data import tokens
   meta = tokens.tokenize_split(args.tokenizer, args.split, args.out, dataset=args.dataset,
                                data_dir=args.data_dir, batch_size=args.batch_size,
-                               chunk_size=args.chunk_size)
+                               chunk_size=args.chunk_size, num_examples=args.num_examples)
   print(f"{meta['dataset']}[{meta['split']}]: {meta['num_examples']} token pyramids "
         f"{meta['patch_nums']} (V {meta['vocab_size']}) in {args.out}")
 
@@ -335,7 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
   tokenize = commands.add_parser(
       "tokenize", help="encode a split into token pyramids on disk (resumable)")
   tokenize.add_argument("--tokenizer", required=True, help="a tokenizer run directory")
-  tokenize.add_argument("--split", default="train")
+  tokenize.add_argument("--split", default="train",
+                        help="a split of the dataset; the embedded datasets also have `stream`, "
+                             "unlimited distinct crops (needs --num-examples)")
+  tokenize.add_argument("--num-examples", type=int, default=None,
+                        help="encode only the first K examples of the split")
   tokenize.add_argument("--out", required=True, help="output directory")
   tokenize.add_argument("--dataset", default=None, help="default: the tokenizer's dataset")
   tokenize.add_argument("--data-dir", default=None, help="default: the tokenizer's data dir")

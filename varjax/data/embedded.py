@@ -7,6 +7,14 @@ files from the installed package, so the dataset exists on any machine with varj
 
 Train and validation crops are drawn from separate random streams and every crop box
 (source, top, left, size) is unique across both splits, so the splits share no crop.
+
+The `stream` split (`CropStream`, not stored by TFDS) is for scaling studies that must not
+repeat data: an effectively unlimited sequence of crops of the same photographs, crop i a
+pure function of (resolution, i), none equal to a validation crop. Reading it by index
+costs one resize, so `varjax tokenize --split stream --num-examples K` encodes exactly the
+prefix a sweep needs. The trade-off, stated in docs/data.md: distinct crops are not
+independent images, since all come from 16 photographs; the stream removes verbatim
+repetition (epochs), not the overlap of content between nearby crops.
 """
 
 from __future__ import annotations
@@ -41,7 +49,10 @@ SPLIT_SIZES = {"train": 512, "validation": 64}  # crops per class
 # Crop side as a fraction of the source's short side: wide enough to show structure at
 # 32 px, narrow enough that crops of one photograph differ.
 CROP_FRACTION = (0.25, 0.6)
-_SPLIT_STREAM = {"train": 0, "validation": 1}
+_SPLIT_STREAM = {"train": 0, "validation": 1, "stream": 2}
+STREAM_SPLIT = "stream"
+# Crops in the stream: 2^22 (1.3e8 tokens at 30 tokens an image), beyond any CPU study.
+STREAM_SIZE = 1 << 22
 
 
 def source_dir() -> str:
@@ -74,12 +85,62 @@ def crop_boxes(num_classes: int, per_class: int, split: str, resolution: int,
   return np.concatenate(boxes).astype(np.int32)
 
 
-def cut_crop(photo: np.ndarray, top: int, left: int, size: int, resolution: int) -> np.ndarray:
-  """uint8 [resolution, resolution, 3]: the box resized with an antialiasing filter."""
-  img = Image.fromarray(photo)
+def cut_crop(photo: np.ndarray | Image.Image, top: int, left: int, size: int,
+             resolution: int) -> np.ndarray:
+  """uint8 [resolution, resolution, 3]: the box resized with an antialiasing filter.
+  Pass a PIL image when cutting many crops: converting the array costs more than the crop."""
+  img = photo if isinstance(photo, Image.Image) else Image.fromarray(photo)
   box = (left, top, left + size, top + size)
   return np.asarray(img.resize((resolution, resolution), Image.Resampling.BICUBIC, box=box,
                                reducing_gap=2.0))
+
+
+def stream_box(index: int, resolution: int, shapes: list[tuple[int, int]],
+               exclude: frozenset) -> tuple[int, int, int, int]:
+  """(label, top, left, size) of crop `index` of the stream: a pure function of
+  (resolution, index, source shapes); a box in `exclude` (the validation crops) is
+  redrawn from the same generator, so the result stays deterministic."""
+  rng = np.random.default_rng([20241103, resolution, _SPLIT_STREAM[STREAM_SPLIT], index])
+  while True:
+    label = int(rng.integers(len(shapes)))
+    h, w = shapes[label]
+    short = min(h, w)
+    size = int(rng.integers(int(CROP_FRACTION[0] * short), int(CROP_FRACTION[1] * short) + 1))
+    top = int(rng.random() * (h - size + 1))
+    left = int(rng.random() * (w - size + 1))
+    if (label, top, left, size) not in exclude:
+      return label, top, left, size
+
+
+class CropStream:
+  """The `stream` split: a random-access sequence of `STREAM_SIZE` examples shaped like the
+  TFDS ones ({"image": uint8 [R, R, 3], "label": int, "crop_box": int32 [3]}).
+
+  Example i is a pure function of (resolution, i); no crop equals a validation crop.
+  Boxes are drawn with replacement (collision probability 1 / 2.0e8 a pair at 32 px), so
+  a prefix of K crops holds about K^2 / 4e8 repeated boxes: some 170 of 2.6e5 crops.
+  """
+
+  def __init__(self, resolution: int):
+    self.resolution = resolution
+    photos = [load_source(filename) for filename, _ in SOURCES]
+    shapes = [p.shape[:2] for p in photos]
+    self._photos = [Image.fromarray(p) for p in photos]
+    self._shapes = shapes
+    valid = crop_boxes(len(SOURCES), SPLIT_SIZES["validation"], "validation", resolution,
+                       shapes)
+    self._exclude = frozenset(tuple(int(v) for v in box) for box in valid)
+
+  def __len__(self) -> int:
+    return STREAM_SIZE
+
+  def __getitem__(self, index: int) -> dict:
+    index = int(index)
+    if not 0 <= index < STREAM_SIZE:
+      raise IndexError(f"stream index {index} outside [0, {STREAM_SIZE})")
+    label, top, left, size = stream_box(index, self.resolution, self._shapes, self._exclude)
+    return {"image": cut_crop(self._photos[label], top, left, size, self.resolution),
+            "label": label, "crop_box": np.array([top, left, size], np.int32)}
 
 
 class VarjaxEmbeddedConfig(tfds.core.BuilderConfig):

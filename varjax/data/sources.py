@@ -92,15 +92,23 @@ def build_dataset(dataset: str, data_dir: str | None = None, manual_dir: str | N
 
 
 def open_split(dataset: str, split: str, data_dir: str | None = None) -> Sequence[dict]:
-  """A random-access sequence of decoded examples (dicts of NumPy values) of one split."""
+  """A random-access sequence of decoded examples (dicts of NumPy values) of one split.
+
+  The embedded datasets also have the split `stream` (embedded.CropStream): crops made on
+  read, not stored, so it needs no build."""
+  from varjax.data import embedded
+  name = resolve_name(dataset)
+  if split == embedded.STREAM_SPLIT and name.startswith("varjax_embedded/"):
+    return embedded.CropStream(int(name.rsplit("res", 1)[1]))
   builder = get_builder(dataset, data_dir)
   if not builder.is_prepared():
     raise DataError(
         f"dataset {dataset!r} is not built in {builder.data_dir_root}: run "
         f"`varjax data build --dataset {dataset} --data-dir {builder.data_dir_root}` first")
   if split not in builder.info.splits:
+    extra = [embedded.STREAM_SPLIT] if name.startswith("varjax_embedded/") else []
     raise DataError(f"dataset {dataset!r} has no split {split!r}; it has "
-                    f"{sorted(builder.info.splits)}")
+                    f"{sorted(builder.info.splits) + extra}")
   file_format = getattr(builder.info.file_format, "value", builder.info.file_format)
   if file_format != FILE_FORMAT:
     raise DataError(

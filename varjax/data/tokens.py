@@ -38,24 +38,39 @@ def token_dtype(vocab_size: int) -> np.dtype:
 def tokenize_split(tokenizer_dir: str, split: str, out_dir: str, *,
                    dataset: str | None = None, data_dir: str | None = None,
                    batch_size: int = 256, chunk_size: int = 2048,
-                   max_chunks: int | None = None, progress: bool | None = None,
+                   max_chunks: int | None = None, num_examples: int | None = None,
+                   progress: bool | None = None,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
-  """Encodes `split` into `out_dir`; resumes an interrupted run of the same settings.
+  """Encodes `split` (its first `num_examples` examples if given) into `out_dir`; resumes an
+  interrupted run of the same settings.
 
   `max_chunks` stops after that many new chunks (the next call continues). Returns the
-  meta dict, with "complete" False if chunks remain.
+  meta dict, with "complete" False if chunks remain. The embedded `stream` split is
+  unlimited in practice (embedded.STREAM_SIZE), so it needs `num_examples`.
   """
   from varjax.data.sources import open_split
   from varjax.models.vqvae import VQVAE
   from varjax.models.store import load_tokenizer
 
+  from varjax.data.embedded import STREAM_SPLIT
+
   if batch_size < 1 or chunk_size < 1:
     raise VarjaxError(f"batch size and chunk size must be >= 1, got {batch_size}, {chunk_size}")
+  if num_examples is not None and num_examples < 1:
+    raise VarjaxError(f"--num-examples must be >= 1, got {num_examples}")
+  if split == STREAM_SPLIT and num_examples is None:
+    raise VarjaxError("the stream split holds millions of crops: say how many to encode "
+                      "with --num-examples K (a sweep needs tokens / tokens per image)")
   model, params, cfg = load_tokenizer(tokenizer_dir)
   dataset = dataset or cfg.data.dataset
   data_dir = data_dir if data_dir is not None else cfg.data.data_dir
   source = open_split(dataset, split, data_dir)
   n = len(source)
+  if num_examples is not None:
+    if num_examples > n:
+      raise VarjaxError(f"{dataset}[{split}] has {n} examples; --num-examples {num_examples} "
+                        "asks for more")
+    n = num_examples
   patch_nums = list(cfg.model.patch_nums)
   dtype = token_dtype(cfg.tokenizer.vocab_size)
   settings = {"patch_nums": patch_nums, "vocab_size": cfg.tokenizer.vocab_size,
