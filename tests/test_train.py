@@ -149,6 +149,12 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(setup, tmp_path):
   assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
   summary = json.load(open(os.path.join(run_dir, "summary.json")))
   assert summary["resumed_at_step"] in (4, 6)
+  # Repetition accounting against the token set on disk.
+  from varjax.data.tokens import TokenPyramids
+  train = TokenPyramids(os.path.join(setup["tokens"], "train"))
+  assert summary["train_examples"] == len(train)
+  assert summary["unique_tokens"] == len(train) * train.flat([0]).shape[1]
+  assert summary["epochs"] == pytest.approx(summary["tokens"] / summary["unique_tokens"])
   assert fx.train_losses(run_dir) == fx.train_losses(ref_dir)  # bitwise, step by step
   for a, b in zip(_params(run_dir), _params(ref_dir)):
     np.testing.assert_array_equal(a, b)

@@ -59,14 +59,20 @@ def hardware(mesh) -> dict[str, Any]:
 
 def run_summary(cfg: Config, acc: dict[str, Any], last_eval: dict[str, Any], *,
                 first_step: int, train_time: float, wall_time: float, mesh,
-                tokenizer_dir: str) -> dict[str, Any]:
+                tokenizer_dir: str, train_examples: int) -> dict[str, Any]:
+  """The summary.json of a finished run. `train_examples`: the images in the training
+  token set, so that `unique_tokens` (distinct tokens an epoch) and `epochs` (D over it)
+  say how much of D repeated data."""
   counts, per_image = acc["counts"], acc["per_image"]
   batch, steps = cfg.data.global_batch_size, cfg.run.steps
+  unique_tokens = train_examples * cfg.model.num_tokens
   return {
       "model": cfg.model.name, "steps": steps, "global_batch_size": batch,
       "params": counts["non_embedding"], "params_no_head": counts["non_embedding"] - counts["head"],
       "params_total": counts["total"], "params_per_token": counts["per_token"],
       "tokens": steps * acc["tokens_per_step"], "examples": steps * batch,
+      "train_examples": train_examples, "unique_tokens": unique_tokens,
+      "epochs": steps * acc["tokens_per_step"] / unique_tokens,
       "flops_exact": per_image["total"] * batch * steps,
       "flops_6nd": per_image["6nd"] * batch * steps,
       "flops_6nd_no_head": per_image["6nd_no_head"] * batch * steps,

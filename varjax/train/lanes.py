@@ -238,7 +238,8 @@ def _train(cfgs: list[Config], directories: list[str], cleanup: contextlib.ExitS
     summary = accounting_lib.run_summary(c, accs[i], last_eval, first_step=first_step,
                                          train_time=step_loop.train_time,
                                          wall_time=time.time() - start_wall, mesh=mesh,
-                                         tokenizer_dir=tokenizer_dir)
+                                         tokenizer_dir=tokenizer_dir,
+                                         train_examples=len(train_data[i]))
     summary["lanes"] = k
     params = loop.host_params(lane_state["params"], mesh)
     results.append(loop.finish(c, directories[i], params, summary, progress, log))

@@ -306,5 +306,6 @@ def train(cfg: Config, *, progress: bool | None = None, log: Callable[[str], Non
     params = host_params(state["params"], mesh)
     summary = accounting_lib.run_summary(
         cfg, acc, last_eval, first_step=first_step, train_time=loop.train_time,
-        wall_time=time.time() - start_wall, mesh=mesh, tokenizer_dir=tokenizer_dir)
+        wall_time=time.time() - start_wall, mesh=mesh, tokenizer_dir=tokenizer_dir,
+        train_examples=len(train_data))
     return finish(cfg, directory, params, summary, progress, log)
