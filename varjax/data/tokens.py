@@ -114,6 +114,11 @@ def tokenize_split(tokenizer_dir: str, split: str, out_dir: str, *,
                             "center")
     return image, int(example[label_key]) if label_key else 0
 
+  def store(ids: list[int], indices, batch_labels: list[int]) -> None:
+    for arr, idx in zip(arrays, indices):
+      arr[ids[0]:ids[-1] + 1] = np.asarray(idx)[:len(ids)].astype(dtype)
+    labels[ids[0]:ids[-1] + 1] = batch_labels
+
   bar = progress_lib.bar(total=num_chunks, initial=done, desc=f"tokenize {split}",
                          unit="chunk", enabled=progress)
   new_chunks = 0
@@ -121,15 +126,20 @@ def tokenize_split(tokenizer_dir: str, split: str, out_dir: str, *,
     if max_chunks is not None and new_chunks >= max_chunks:
       break
     lo, hi = c * chunk_size, min((c + 1) * chunk_size, n)
+    # Encoding is dispatched asynchronously and its result read one batch later, so the
+    # next batch's images are read (for the stream: cut) while the tokenizer runs.
+    pending = None
     for b in range(lo, hi, batch_size):
       ids = list(range(b, min(b + batch_size, hi)))
       examples = [read(i) for i in ids]
       images = to_unit_range(np.stack([im for im, _ in examples]))
       if len(ids) < batch_size:  # pad: one compiled shape for every batch
         images = np.concatenate([images, np.repeat(images[-1:], batch_size - len(ids), 0)])
-      for arr, idx in zip(arrays, encode(params, images)):
-        arr[ids[0]:ids[-1] + 1] = np.asarray(idx)[:len(ids)].astype(dtype)
-      labels[ids[0]:ids[-1] + 1] = [lab for _, lab in examples]
+      if pending is not None:
+        store(*pending)
+      pending = (ids, encode(params, images), [lab for _, lab in examples])
+    if pending is not None:
+      store(*pending)
     for arr in (*arrays, labels):
       arr.flush()
     files.write_json(progress_path, {"settings": settings, "chunks_done": c + 1})
