@@ -223,3 +223,14 @@ def test_cli_fid_and_one_line_errors(dirs, tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_a_run_on_the_stream_is_measured_against_the_stored_train_crops():
+  """The stream has 4M crops made on read: reference statistics over it would take hours,
+  so a run trained on it defaults to the stored train split, and asking for it is refused."""
+  from varjax.errors import DataError
+  assert reference.default_split("stream") == "train"
+  assert reference.default_split("train") == "train"
+  assert reference.default_split("validation") == "validation"
+  with pytest.raises(DataError, match="--reference-split train"):
+    reference.load_split_images("embedded32", "stream", 32)

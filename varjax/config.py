@@ -270,7 +270,7 @@ class EvalConfig:
   top_k: int = 900
   top_p: float = 0.96
   seed: int = 0
-  reference_split: str | None = None  # None: data.train_split
+  reference_split: str | None = None  # None: data.train_split (`train` for the stream)
 
   def __post_init__(self):
     _check(not (self.feature_net and self.inception_weights), "eval",

@@ -108,7 +108,7 @@ def evaluate_run(run_dir: str, network: FeatureNetwork, *, tokenizer_dir: str | 
   store.check_same_tokens(cfg, tok_cfg, f"the model in {run_dir}", f"the tokenizer {tokenizer_dir}")
   resolution = tok_cfg.data.resolution
   network.check_images((1, resolution, resolution, 3))
-  split = reference_split or cfg.data.train_split
+  split = reference_split or reference.default_split(cfg.data.train_split)
   data_dir = data_dir or cfg.data.data_dir
   ref, ref_path, _ = reference.reference_stats(
       network, cfg.data.dataset, split, resolution, data_dir, cache_dir,

@@ -23,6 +23,14 @@ from varjax.eval.features import FeatureNetwork
 from varjax.eval.frechet import FeatureAccumulator, FeatureStats
 
 
+def default_split(train_split: str) -> str:
+  """The reference split of a run that names none: its training split, except for the
+  embedded `stream` (millions of crops made on read), where it is the stored `train` split,
+  8,192 crops of the same photographs."""
+  from varjax.data.embedded import STREAM_SPLIT
+  return "train" if train_split == STREAM_SPLIT else train_split
+
+
 def load_split_images(dataset: str, split: str, resolution: int, data_dir: str | None = None,
                       label_key: str = "label", image_key: str = "image",
                       progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -30,6 +38,10 @@ def load_split_images(dataset: str, split: str, resolution: int, data_dir: str |
   from varjax import progress as progress_lib
   from varjax.data import pipeline, sources
   from varjax.errors import DataError
+  from varjax.data.embedded import STREAM_SPLIT
+  if split == STREAM_SPLIT:
+    raise DataError("reference statistics need a stored split, not the unbounded stream; "
+                    "use --reference-split train (the same photographs)")
   source = sources.open_split(dataset, split, data_dir)
 
   def read(index: int) -> tuple[np.ndarray, int]:
