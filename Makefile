@@ -19,11 +19,12 @@ EXTRAS ?= dev
 # TPU wheels instead of finding the plain stamp.
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install test test-slow demo bench sweep analyze notebooks lock clean help tpu-aot
+.PHONY: install test test-slow demo study bench sweep analyze notebooks lock clean help tpu-aot
 
 help:
 	@echo "make demo       main job on the embedded default dataset"
 	@echo "make test       fast test suite (slow tests: make test-slow)"
+	@echo "make study      the reference study with held-out forecasts (docs/study.md, ~40 min)"
 	@echo "make install    create $(VENV) and install varjax + analysis (idempotent)"
 	@echo "make sweep SWEEP=sweeps/x.yaml [BACKEND=local|lanes|ray|tpu] [RUNS=a,b] [LIMIT=K] [DRY_RUN=1]"
 	@echo "make bench | analyze RUNS=... | notebooks"
@@ -71,15 +72,26 @@ test: install $(LIBTPU_STAMP)
 test-slow: install $(LIBTPU_STAMP)
 	$(PY) -m pytest -m slow $(PYTEST_PARALLEL) --durations=15 $(PYTEST_ARGS)
 
-# Main job on the embedded default: dataset -> tokenizer -> token pyramids -> the demo sweep
-# (sweeps/demo.yaml: 5 sizes x 3 token budgets into runs/demo) -> sample quality of the
-# largest budget per size -> scaling-law fits, forecasts and plots in reports/demo.
+# Main job on the embedded default: dataset -> tokenizer -> token pyramids (validation, and
+# a prefix of the stream of distinct crops for training) -> the demo sweep (sweeps/demo.yaml:
+# an IsoFLOP design bracketing the compute-optimal D/N at 3 budgets, into runs/demo) ->
+# sample quality of the largest budget's runs -> the report (reports/demo/report.md).
 # Every stage is cached: a second run only checks and prints.
 DEMO_TOKENIZER := runs/tokenizers/tokenizer-tiny32
 DEMO_TOKENS := $(DATA_DIR)/tokens/embedded32-tiny32
 DEMO_FEATURES := runs/features/embed32cnn
-# fd_embed32cnn of the 1e6-token run of each size (mirrors sweeps/demo.yaml's models).
-DEMO_FD_RUNS := $(foreach m,d1w32 d2w64 d3w96 d4w128 d5w160,runs/demo/$(m)-D1e6-s0/eval_samples.png)
+# Crops of the stream to encode: the demo's longest run (d2w8-C2e11, 5,131,680 tokens =
+# 171,056 images) rounded up to whole chunks of 2,048, so no run repeats a crop
+# (tests/test_facts.py checks this against sweeps/demo.yaml).
+DEMO_STREAM_EXAMPLES := 172032
+# fd_embed32cnn of every run of the largest budget (mirrors sweeps/demo.yaml).
+DEMO_FD_RUNS := $(foreach w,8 16 24 32 40 48,runs/demo/d2w$(w)-C2e11-s0/eval_samples.png)
+# The sweep's runs train two at a time (one CPU each): a tiny model's step is bound by
+# per-op overhead on one core, so two runs finish in about the time of one.
+DEMO_BACKEND ?= ray
+# Persistent XLA compilation cache: a cool-down run compiles the programs of its trunk.
+export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS ?= 0.3
 demo: install
 	@start=$$(date +%s); \
 	$(VENV)/bin/varjax data build --dataset embedded32 && \
@@ -88,27 +100,60 @@ demo: install
 	$(VENV)/bin/varjax tokenizer preview --tokenizer $(DEMO_TOKENIZER) --out reports/demo/tokenizer.png && \
 	$(VENV)/bin/varjax tokenize --tokenizer $(DEMO_TOKENIZER) --split train --out $(DEMO_TOKENS)/train && \
 	$(VENV)/bin/varjax tokenize --tokenizer $(DEMO_TOKENIZER) --split validation --out $(DEMO_TOKENS)/validation && \
-	$(PY) -m sweeps run sweeps/demo.yaml --backend local && \
-	$(MAKE) --no-print-directory reports/demo/report.txt && cat reports/demo/report.txt && \
-	echo "demo: runs in runs/demo, plots and report in reports/demo" && \
+	$(VENV)/bin/varjax tokenize --tokenizer $(DEMO_TOKENIZER) --split stream \
+	  --num-examples $(DEMO_STREAM_EXAMPLES) --out $(DEMO_TOKENS)/stream && \
+	$(PY) -m sweeps run sweeps/demo.yaml --backend $(DEMO_BACKEND) && \
+	$(MAKE) --no-print-directory reports/demo/report.md && cat reports/demo/summary.txt && \
+	echo "demo: runs in runs/demo; report, plots and forecasts in reports/demo/report.md" && \
 	echo "demo: done in $$(( $$(date +%s) - start )) s"
 
 # The feature network for fd_embed32cnn (about 2 min, once) and a run's distance
-# (K = 1,024 samples, about 20 s; redone only when the run's params change).
+# (K = 1,024 samples; redone only when the run's params change).
 $(DEMO_FEATURES)/params.msgpack:
 	$(VENV)/bin/varjax eval features train --out $(DEMO_FEATURES)
 
-# The fit, backtest and plots, then a forecast (loss and fd_embed32cnn, 95% intervals) for
-# a model 10x the largest on 10x its tokens and for the best split of 1e15 FLOPs; redone
-# when a run finished (registry.jsonl) or was measured.
-DEMO_FORECAST := --at N=2.5e7,D=1e7 --flops 1e15
-reports/demo/report.txt: runs/demo/registry.jsonl $(DEMO_FD_RUNS)
+# The fit, backtest, validity checklist and plots; forecasts (loss and fd_embed32cnn, 95%
+# intervals) at the N and D of the study's held-out runs (sweeps/study-heldout.yaml, measured
+# in docs/study.md) and the plan for 8e11 FLOPs, 4x the largest budget; redone when a run
+# finished (registry.jsonl) or was measured.
+DEMO_FORECAST := --at N=5.68e4,D=2.98e6 --at N=1.14e5,D=1.55e6 --at N=2.87e5,D=6.48e5 --flops 8e11
+reports/demo/report.md: runs/demo/registry.jsonl $(DEMO_FD_RUNS)
 	$(PY) -m analysis report --runs runs/demo --out reports/demo $(ANALYZE_ARGS) \
-	  --fid-col fd_embed32cnn > $@.tmp && \
-	$(PY) -m analysis forecast --runs runs/demo $(ANALYZE_ARGS) --fid-col fd_embed32cnn \
-	  $(DEMO_FORECAST) >> $@.tmp && mv $@.tmp $@
+	  --fid-col fd_embed32cnn $(DEMO_FORECAST) > reports/demo/summary.txt
 
 runs/demo/%/eval_samples.png: runs/demo/%/params.msgpack $(DEMO_FEATURES)/params.msgpack
+	$(VENV)/bin/varjax eval fid --run $(dir $@) --feature-net $(DEMO_FEATURES)
+
+# The reference study (docs/study.md; not part of the demo, about 40 min on 2 cores after
+# make demo): sweeps/study.yaml (the demo's design plus a 4e11-FLOP budget) and the
+# held-out runs of sweeps/study-heldout.yaml (8e11 FLOPs, one model larger than any fitted),
+# then the report with the held-out forecasts against the measured values.
+STUDY_TOKENS := $(DATA_DIR)/tokens/embedded32-tiny32-study
+# The study's longest run (d2w8-C4e11, 10,263,360 tokens = 342,112 images) in whole chunks.
+STUDY_STREAM_EXAMPLES := 344064
+STUDY_FD_RUNS := $(foreach w,8 16 24 32 40 48 64,runs/study/d2w$(w)-C4e11-s0/eval_samples.png) \
+  $(foreach w,32 48 80,runs/study-heldout/d2w$(w)-C8e11-s0/eval_samples.png)
+STUDY_FORECAST := --flops 8e11
+study: demo
+	@start=$$(date +%s); \
+	$(VENV)/bin/varjax tokenize --tokenizer $(DEMO_TOKENIZER) --split validation --out $(STUDY_TOKENS)/validation && \
+	$(VENV)/bin/varjax tokenize --tokenizer $(DEMO_TOKENIZER) --split stream \
+	  --num-examples $(STUDY_STREAM_EXAMPLES) --out $(STUDY_TOKENS)/stream && \
+	$(PY) -m sweeps run sweeps/study.yaml --backend $(DEMO_BACKEND) && \
+	$(PY) -m sweeps run sweeps/study-heldout.yaml --backend $(DEMO_BACKEND) && \
+	$(MAKE) --no-print-directory reports/study/report.md && cat reports/study/summary.txt && \
+	echo "study: report with held-out forecasts in reports/study/report.md" && \
+	echo "study: done in $$(( $$(date +%s) - start )) s"
+
+reports/study/report.md: runs/study/registry.jsonl runs/study-heldout/registry.jsonl $(STUDY_FD_RUNS)
+	mkdir -p reports/study
+	$(PY) -m analysis report --runs runs/study --out reports/study $(ANALYZE_ARGS) \
+	  --fid-col fd_embed32cnn --heldout runs/study-heldout $(STUDY_FORECAST) > reports/study/summary.txt
+
+runs/study/%/eval_samples.png: runs/study/%/params.msgpack $(DEMO_FEATURES)/params.msgpack
+	$(VENV)/bin/varjax eval fid --run $(dir $@) --feature-net $(DEMO_FEATURES)
+
+runs/study-heldout/%/eval_samples.png: runs/study-heldout/%/params.msgpack $(DEMO_FEATURES)/params.msgpack
 	$(VENV)/bin/varjax eval fid --run $(dir $@) --feature-net $(DEMO_FEATURES)
 
 # The demo tokenizer (about 5 min on 2 cores); retrained only when its params are missing.

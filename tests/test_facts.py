@@ -65,3 +65,30 @@ def test_the_attention_implementations_are_one_list():
     config.from_dict({"model": {"attn_impl": "flash"}})
   with pytest.raises(ValueError, match="unknown attention impl"):
     attention.resolve_impl("flash")
+
+
+def _make_variable(name: str) -> str:
+  import os
+  import re
+  with open(os.path.join(os.path.dirname(__file__), "..", "Makefile")) as f:
+    return re.search(rf"^{name} := (.+)$", f.read(), re.M).group(1).strip()
+
+
+def test_the_demo_streams_enough_crops_for_one_epoch_at_most():
+  """make demo encodes DEMO_STREAM_EXAMPLES crops of the stream; every run of
+  sweeps/demo.yaml must fit in them (no crop seen twice), counted from the spec's runs."""
+  import os
+  from varjax import scales as scales_lib
+  sweep = spec_lib.load(os.path.join(os.path.dirname(__file__), "..", "sweeps", "demo.yaml"))
+  assert {r.config.data.train_split for r in sweep.runs} == {"stream"}
+  tokens_per_image = scales_lib.num_tokens(sweep.runs[0].config.model.patch_nums)
+  needed = max(r.info["tokens"] for r in sweep.runs) / tokens_per_image
+  streamed = int(_make_variable("DEMO_STREAM_EXAMPLES"))
+  assert needed <= streamed < needed + 2048  # enough, and not a wasted chunk more
+  assert streamed % 2048 == 0  # whole tokenize chunks
+  # The FD runs named in the Makefile are the largest budget's runs of the spec.
+  largest = max(r.info["budget"] for r in sweep.runs if r.info.get("budget_kind") == "flops")
+  names = {r.name for r in sweep.runs if r.info.get("budget") == largest}
+  fd_runs = _make_variable("DEMO_FD_RUNS")
+  widths = fd_runs.split("foreach w,")[1].split(",")[0].split()
+  assert {f"d2w{w}-C{spec_lib.short_number(largest)}-s0" for w in widths} == names
