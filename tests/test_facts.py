@@ -74,21 +74,30 @@ def _make_variable(name: str) -> str:
     return re.search(rf"^{name} := (.+)$", f.read(), re.M).group(1).strip()
 
 
-def test_the_demo_streams_enough_crops_for_one_epoch_at_most():
-  """make demo encodes DEMO_STREAM_EXAMPLES crops of the stream; every run of
-  sweeps/demo.yaml must fit in them (no crop seen twice), counted from the spec's runs."""
+@pytest.mark.parametrize("specs, variable", [
+    (["demo.yaml"], "DEMO_STREAM_EXAMPLES"),
+    (["study.yaml", "study-heldout.yaml"], "STUDY_STREAM_EXAMPLES")])
+def test_the_streamed_prefix_covers_every_run_once_at_most(specs, variable):
+  """make demo / make study encode a prefix of the stream; every run of their specs must
+  fit in it (no crop seen twice), counted from the specs' runs."""
   import os
   from varjax import scales as scales_lib
-  sweep = spec_lib.load(os.path.join(os.path.dirname(__file__), "..", "sweeps", "demo.yaml"))
-  assert {r.config.data.train_split for r in sweep.runs} == {"stream"}
-  tokens_per_image = scales_lib.num_tokens(sweep.runs[0].config.model.patch_nums)
-  needed = max(r.info["tokens"] for r in sweep.runs) / tokens_per_image
-  streamed = int(_make_variable("DEMO_STREAM_EXAMPLES"))
+  runs = [r for name in specs for r in spec_lib.load(
+      os.path.join(os.path.dirname(__file__), "..", "sweeps", name)).runs]
+  assert {r.config.data.train_split for r in runs} == {"stream"}
+  assert len({r.config.data.tokens for r in runs}) == 1  # one prefix for all
+  tokens_per_image = scales_lib.num_tokens(runs[0].config.model.patch_nums)
+  needed = max(r.info["tokens"] for r in runs) / tokens_per_image
+  streamed = int(_make_variable(variable))
   assert needed <= streamed < needed + 2048  # enough, and not a wasted chunk more
   assert streamed % 2048 == 0  # whole tokenize chunks
-  # The FD runs named in the Makefile are the largest budget's runs of the spec.
-  largest = max(r.info["budget"] for r in sweep.runs if r.info.get("budget_kind") == "flops")
-  names = {r.name for r in sweep.runs if r.info.get("budget") == largest}
+
+
+def test_the_demo_measures_fd_on_its_largest_budget():
+  import os
+  sweep = spec_lib.load(os.path.join(os.path.dirname(__file__), "..", "sweeps", "demo.yaml"))
+  largest = max(r.info["budget"] for r in sweep.runs)
+  names = {r.name for r in sweep.runs if r.info["budget"] == largest}
   fd_runs = _make_variable("DEMO_FD_RUNS")
   widths = fd_runs.split("foreach w,")[1].split(",")[0].split()
   assert {f"d2w{w}-C{spec_lib.short_number(largest)}-s0" for w in widths} == names
