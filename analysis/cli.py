@@ -5,13 +5,16 @@ chosen by role: `--n-col` (parameters N), `--d-col` (tokens D) or `--c-col` (FLO
 D = C / (6 N)), `--loss-col`, `--fid-col`. Every user mistake exits 2 with one line, checked
 before any fit; a file that cannot be read or written exits 1 with one line. Warnings print
 as one `analysis: warning: ...` line each. What the commands compute is in pipeline.py;
-`report` writes report.json and report.md (report.py).
+`forecast --heldout DIR` and `report --heldout DIR` compare forecasts of runs the fit
+never saw with their measurements (heldout.py); `report` writes report.json and report.md
+(report.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 
@@ -71,8 +74,10 @@ def check_args(args) -> None:
     raise AnalysisError("give --d-col or --c-col, not both")
   if args.command == "fit" and args.law == "auto" and args.no_backtest:
     raise AnalysisError("--law auto chooses by backtest; drop --no-backtest")
-  if args.command == "forecast" and not args.at and not args.flops:
-    raise AnalysisError("give --at N=...,D=... and/or --flops C")
+  if args.command == "forecast" and not args.at and not args.flops and not args.heldout:
+    raise AnalysisError("give --at N=...,D=..., --flops C and/or --heldout DIR")
+  if getattr(args, "heldout", None) and not os.path.isdir(args.heldout):
+    raise AnalysisError(f"--heldout {args.heldout}: no such directory")
   if getattr(args, "plot_dir", None):
     check_output_dir(args.plot_dir, "--plot-dir")
   if getattr(args, "out", None):
@@ -86,6 +91,13 @@ def _unique_tokens_arg(p):
                  help="distinct tokens in one epoch of the training data: the validity "
                       "checks then report epochs per run (warn above 4); overrides a "
                       "registry's unique_tokens / epochs columns")
+
+
+def _heldout_arg(p):
+  p.add_argument("--heldout", default=None, metavar="DIR",
+                 help="a registry of runs the fit does not see (e.g. a larger budget): each "
+                      "is forecast from the fit and compared with its measured loss (and "
+                      "--fid-col); same columns and flags as --runs")
 
 
 def _hardware_args(p):
@@ -137,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
   fc.add_argument("--at", action="append", type=at_point, default=[], metavar="N=..,D=..")
   fc.add_argument("--flops", action="append", type=positive_number, default=[],
                   help="compute-optimal forecast at this FLOP budget (repeatable)")
+  _heldout_arg(fc)
   _unique_tokens_arg(fc)
   fc.set_defaults(func=cmd_forecast, no_backtest=True)
   plan = sub.add_parser("plan", help="N_opt, D_opt, loss/FID and wall time for a budget")
@@ -158,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
   rep.add_argument("--question", default=None, metavar="TEXT",
                    help="the question the report answers (default: made from --at, --flops "
                         "and --fid-col)")
+  _heldout_arg(rep)
   _hardware_args(rep)
   _unique_tokens_arg(rep)
   rep.set_defaults(func=cmd_report, no_backtest=False)
@@ -178,6 +192,10 @@ def _print(report: dict, as_json: bool) -> None:
     if key == "warnings":
       for note in value:
         print(f"{'warning':>22}: {note}")
+    elif key == "heldout":
+      from analysis import report_md
+      print(f"{'heldout':>22}:")
+      print("\n".join(report_md.heldout_section({key: value})))
     elif key == "validity":
       for r in value:
         print(f"{'[' + r['status'] + '] (' + r['number'] + ') ' + r['check']:>22}: "

@@ -322,8 +322,8 @@ def fid_at(fit: Fit, boot: Bootstrap, losses) -> tuple[np.ndarray, np.ndarray]:
   return fit.predict(x), np.stack([lo, hi], 1)
 
 
-def fid_forecast(data: Data, args, losses) -> dict:
-  fit, boot = fid_map(data, args, args.bootstrap or 200)
+def fid_forecast(fid: tuple[Fit, Bootstrap], losses) -> dict:
+  fit, boot = fid
   values, intervals = fid_at(fit, boot, losses)
   return {"map": laws.LOSS_TO_FID.formula, **fit.params, "values": values.tolist(),
           "interval_95": intervals.tolist()}
@@ -333,18 +333,27 @@ def fid_forecast(data: Data, args, losses) -> dict:
 
 def forecast(args) -> tuple[dict, Data]:
   """Loss (and FID) with 95% intervals at --at points and compute-optimal --flops budgets;
-  validity checks with support over the compute range forecast."""
+  validity checks with support over the compute range forecast; with --heldout DIR, the
+  runs there forecast and compared with what they measured (analysis/heldout.py)."""
+  from analysis import heldout
   data = load_data(args)
-  fitted = fit_report(args.law, data, args, replicates=args.bootstrap or 200, backtest=False)
+  held_dir = getattr(args, "heldout", None)
+  held = heldout.load(held_dir, args) if held_dir else None  # a mistake costs no fit
+  replicates = args.bootstrap or 200
+  fitted = fit_report(args.law, data, args, replicates=replicates, backtest=False)
   fit = fitted.fit
   points = list(args.at) + [optimal_point(fit, c) for c in args.flops or []]
   report = {"law": fit.law.name, **fit.params, "predict": predictions(fit, fitted.boot, points)}
   if "warnings" in fitted.report:
     report["warnings"] = fitted.report["warnings"]
-  if args.fid_col:
-    report["fid"] = fid_forecast(data, args, [p["loss"] for p in report["predict"]])
-  report["validity"] = validity_checks(fitted, data, args,
-                                       [6 * p["N"] * p["D"] for p in points])
+  fid = fid_map(data, args, replicates) if args.fid_col else None
+  if fid and points:
+    report["fid"] = fid_forecast(fid, [p["loss"] for p in report["predict"]])
+  asked = [6 * p["N"] * p["D"] for p in points]
+  if held is not None:
+    report["heldout"] = heldout.block(args, held, fit, fitted.boot, fid)
+    asked += [r["flops"] for r in report["heldout"]["runs"]]
+  report["validity"] = validity_checks(fitted, data, args, asked)
   return report, data
 
 

@@ -1,6 +1,7 @@
 """`python -m analysis report`: the fit, its validity checks, forecasts (--at), the plan
-(--flops) and every plot, written to --out as report.json (for machines) and report.md
-(for people, rendered by report_md from the same dict)."""
+(--flops), held-out runs forecast and compared with their measurements (--heldout DIR) and
+every plot, written to --out as report.json (for machines) and report.md (for people,
+rendered by report_md from the same dict)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import os
 
 import numpy as np
 
-from analysis import laws, pipeline, plots, report_md, validity
+from analysis import heldout, laws, pipeline, plots, report_md, validity
 from analysis.validate import AnalysisError
 
 
@@ -51,6 +52,7 @@ def vs_trained(row: dict, data: pipeline.Data) -> dict:
 
 def build(args) -> dict:
   data = pipeline.load_data(args)
+  held = heldout.load(args.heldout, args) if args.heldout else None  # before any fit
   replicates = args.bootstrap or 200
   fitted = pipeline.fit_report(args.law, data, args, replicates=replicates, backtest=True)
   fit, boot = fitted.fit, fitted.boot
@@ -71,6 +73,9 @@ def build(args) -> dict:
                            "num_points": int(len(fid[0].y))}
     except AnalysisError as e:
       report["fid_map"] = {"column": args.fid_col, "skipped": str(e)}
+  if held is not None:
+    report["heldout"] = heldout.block(args, held, fit, boot, fid,
+                                      report.get("fid_map", {}).get("skipped"))
   with_fid(forecasts + planned, fid)
   for row in forecasts:
     row["vs_trained"] = vs_trained(row, data)
@@ -81,6 +86,7 @@ def build(args) -> dict:
                       **{k: row[k] for k in ("fid", "fid_interval_95") if k in row}}
 
   asked = [6 * r["N"] * r["D"] for r in forecasts] + ([args.flops] if args.flops else [])
+  asked += [r["flops"] for r in report.get("heldout", {}).get("runs", [])]
   report["validity"] = pipeline.validity_checks(fitted, data, args,
                                                 np.concatenate([data.flops, asked]))
 

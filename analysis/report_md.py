@@ -1,8 +1,9 @@
 """report.md and the report's text summary: pure functions of the report.json dict.
 
-Sections: Question; Runs; Fitted law; Validity checklist; Forecasts; Compute-optimal plan;
-Figures; What the numbers say. Every number comes from the dict (3 significant figures),
-and every sentence is made from those numbers, so the text cannot drift from report.json.
+Sections: Question; Runs; Fitted law; Validity checklist; Forecasts; Held-out runs (only
+with --heldout); Compute-optimal plan; Figures; What the numbers say. Every number comes
+from the dict (3 significant figures), and every sentence is made from those numbers, so
+the text cannot drift from report.json.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Sequence
 
 SECTIONS = ("Question", "Runs", "Fitted law", "Validity checklist", "Forecasts",
             "Compute-optimal plan", "Figures", "What the numbers say")
+# Sections shown only when report.json has their key, each after the section named.
+OPTIONAL = {"Held-out runs": ("heldout", "Forecasts")}
 STATUS = {"pass": "✅ pass", "warn": "⚠️ warn", "skip": "➖ skip"}
 
 
@@ -157,6 +160,72 @@ def forecasts_section(report: dict) -> list[str]:
   return _table(header, body)
 
 
+def _pct(x) -> str:
+  return "–" if x is None else f"{x:+.2%}"
+
+
+def _yes(inside) -> str:
+  return "–" if inside is None else ("yes" if inside else "**no**")
+
+
+def heldout_sentences(block: dict) -> list[str]:
+  """The held-out comparison in words: median and max |error|, coverage, for loss and FID."""
+  n, fd = block["num_runs"], block.get("fid_col")
+  level = f"{block.get('level', 0.95):.0%}"
+  out = []
+  for key, what in (("loss", "loss"), ("fid", fd)):
+    s = block["summary"].get(key)
+    if not s or not s["num_runs"]:
+      continue
+    k, via = s["num_runs"], "" if key == "loss" else f" (through the loss -> {fd} map)"
+    if k == n:
+      owner = "the held-out run's" if k == 1 else f"the {k} held-out runs'"
+      subject = f"{owner} {what}{via}"
+    else:
+      subject = f"{what}{via} of the {k} held-out " + \
+          ("run that reports it" if k == 1 else "runs that report it")
+    how = (f"within {s['max_abs_relative_error']:.2%}" if k == 1 else
+           f"within {s['median_abs_relative_error']:.2%} (median), max "
+           f"{s['max_abs_relative_error']:.2%}")
+    values = "losses" if key == "loss" else f"{what} values"
+    lie = (f"the measured {what} lies {'inside' if s['num_inside'] else 'outside'} its {level} "
+           f"interval" if k == 1 else
+           f"{s['num_inside']} of {k} measured {values} lie in their {level} intervals")
+    out.append(f"The fit forecasts {subject} {how}; {lie}.")
+  if block.get("fid_skipped"):
+    out.append(f"{fd} was not forecast for the held-out runs: {block['fid_skipped']}.")
+  return out
+
+
+def heldout_section(report: dict) -> list[str]:
+  """The held-out runs (--heldout DIR): forecasts from the fit alone against measurements."""
+  block = report["heldout"]
+  rows, fd = block["runs"], block.get("fid_col")
+  if not rows:
+    return ["No held-out runs."]
+  top = block["fitted_max"]
+  reach = max(r["vs_fitted_max"]["C"] for r in rows)
+  lines = [f"{len(rows)} runs from `{block['source']}`, forecast by the law fitted to "
+           f"{block['num_fitted']} other runs, none of these. The fitted runs reach "
+           f"N = {num(top['N'])}, D = {num(top['D'])} and C = {num(top['C'])} FLOPs; the held-out runs go up to "
+           f"{num(reach)}× that C. Error = (forecast - measured) / measured.", ""]
+  with_fd = fd and any("fid_forecast" in r for r in rows)
+  header = ["run", "N", "D", "C", "× fitted max N, D, C", "loss", "forecast [95%]", "error",
+            "inside"] + ([fd, f"{fd} forecast [95%]", "error", "inside"] if with_fd else [])
+  body = []
+  for r in rows:
+    v = r["vs_fitted_max"]
+    row = [str(r["run"]), num(r["N"]), num(r["D"]), num(r["flops"]),
+           f"{num(v['N'])}×, {num(v['D'])}×, {num(v['C'])}×", num(r["loss"]),
+           with_interval(r["loss_forecast"], r["loss_interval_95"]),
+           _pct(r["loss_relative_error"]), _yes(r["loss_inside"])]
+    if with_fd:
+      row += [num(r.get("fid")), with_interval(r.get("fid_forecast"), r.get("fid_interval_95")),
+              _pct(r.get("fid_relative_error")), _yes(r.get("fid_inside"))]
+    body.append(row)
+  return lines + _table(header, body) + ["", " ".join(heldout_sentences(block))]
+
+
 def plan_section(report: dict) -> list[str]:
   p, fd = report.get("plan"), report.get("fid_col")
   if not p:
@@ -219,6 +288,8 @@ def findings(report: dict) -> list[str]:
         "inside the trained N and D ranges"
     out.append(f"The forecast at {point_name(r)} (loss "
                f"{with_interval(r['loss'], r.get('interval_95'))}) is {where}.")
+  if report.get("heldout", {}).get("runs"):
+    out += heldout_sentences(report["heldout"])[:1]
   p = report.get("plan")
   if p:
     out.append(f"Spending {num(p['flops'])} FLOPs compute-optimally means N_opt = "
@@ -229,20 +300,30 @@ def findings(report: dict) -> list[str]:
   return out
 
 
+def sections(report: dict) -> list[str]:
+  """The section names of this report: SECTIONS, with each OPTIONAL one it has data for."""
+  out = list(SECTIONS)
+  for name, (key, after) in OPTIONAL.items():
+    if key in report:
+      out.insert(out.index(after) + 1, name)
+  return out
+
+
 def render(report: dict, title: str = "Scaling-law report") -> str:
-  """report.md from report.json's dict: every section in SECTIONS order."""
+  """report.md from report.json's dict: every section of `sections(report)`, in order."""
   body = {
       "Question": [report.get("question", "")],
       "Runs": runs_section(report),
       "Fitted law": law_section(report),
       "Validity checklist": validity_section(report),
       "Forecasts": forecasts_section(report),
+      "Held-out runs": heldout_section(report) if "heldout" in report else [],
       "Compute-optimal plan": plan_section(report),
       "Figures": figures_section(report),
       "What the numbers say": [" ".join(findings(report))],
   }
   lines = [f"# {title}", ""]
-  for name in SECTIONS:
+  for name in sections(report):
     lines += [f"## {name}", "", *body[name], ""]
   return "\n".join(lines)
 
@@ -266,6 +347,13 @@ def summary(report: dict, md_path: str) -> str:
     lines.append(f"forecast {point_name(r)}: loss {with_interval(r['loss'], r.get('interval_95'))}"
                  + (f", {fd} {with_interval(r.get('fid'), r.get('fid_interval_95'))}"
                     if fd else "") + f" (N {_outside(r, 'N')}, D {_outside(r, 'D')})")
+  for r in report.get("heldout", {}).get("runs", []):
+    lines.append(f"held-out {r['run']} ({point_name(r)}): loss {num(r['loss'])}, forecast "
+                 f"{with_interval(r['loss_forecast'], r['loss_interval_95'])} "
+                 f"({_pct(r['loss_relative_error'])}, "
+                 f"{'inside' if r['loss_inside'] else 'outside'})")
+  if "heldout" in report:
+    lines += heldout_sentences(report["heldout"])
   p = report.get("plan")
   if p:
     lines.append(f"plan {num(p['flops'])} FLOPs: N_opt = {num(p['N_opt'])}, D_opt = "

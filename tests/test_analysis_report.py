@@ -111,6 +111,9 @@ def test_report_md_without_forecasts_plan_or_fd():
   assert "No forecast was asked (`--at N=..,D=..`)." in md
   assert "No budget was asked (`--flops C`)." in md
   assert "fd_embed32cnn" not in md
+  # Optional sections appear only with their data (--heldout DIR: report.json's heldout).
+  assert report_md.sections(report) == list(report_md.SECTIONS)
+  assert "## Held-out runs" not in md
 
 
 def test_default_question():
