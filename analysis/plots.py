@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -16,7 +17,31 @@ from analysis.fitting import Fit  # noqa: E402
 from analysis.uncertainty import Backtest, Bootstrap  # noqa: E402
 
 
+def _compact(v: float) -> str:
+  """4.2 inside [1e-2, 1e3), else 2e11: short labels for log axes."""
+  if 1e-2 <= abs(v) < 1e3:
+    return f"{v:.3g}"
+  mantissa, exponent = f"{v:.1e}".split("e")
+  return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def _readable_log_ticks(axis) -> None:
+  """A log axis spanning under two decades gets ticks at 1, 2 and 5 x 10^k with short
+  labels (4.2, 2e11) instead of matplotlib's crowded minor labels (4 x 10^0)."""
+  lo, hi = axis.get_view_interval()
+  if lo > 0 and hi / lo < 100:
+    axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    if hi / lo < 3:  # under half a decade: 1-2-5 leaves too few ticks
+      axis.set_major_locator(matplotlib.ticker.MaxNLocator(6))
+    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: _compact(v)))
+    axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def _save(fig, path: str) -> str:
+  for ax in fig.axes:
+    for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+      if scale == "log":
+        _readable_log_ticks(axis)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
