@@ -279,8 +279,9 @@ def fit_report(law_name: str, data: Data, args, *, replicates: int,
 
 
 def validity_checks(fitted: Fitted, data: Data, args, flops=None) -> list[dict]:
-  """analysis.validity's six checks of an L(N, D) fit. Support is over the compute range
-  of `flops` (forecast or planned C; default: the trained compute range)."""
+  """analysis.validity's checks of an L(N, D) fit, and of the loss -> fd map when --fid-col
+  is given. Support is over the compute range of `flops` (forecast or planned C; default:
+  the trained compute range)."""
   fit, report = fitted.fit, fitted.report
   n, d, y = data.inputs["N"], data.inputs["D"], data.y
   if flops is None or not len(flops):
@@ -302,7 +303,8 @@ def validity_checks(fitted: Fitted, data: Data, args, flops=None) -> list[dict]:
       validity.check_backtest(None if bt is None else bt.relative_errors,
                               None if bt is None else bt.coverage, skipped=no_backtest),
       validity.check_repetition(d, data.unique_tokens),
-  ]
+  ] + ([validity.check_fd_signal(y, column(data.table, args.fid_col, "--fid-col"),
+                                 args.fid_col)] if getattr(args, "fid_col", None) else [])
 
 
 # ---------------------------------------------------------------- FID

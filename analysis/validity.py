@@ -9,6 +9,7 @@ with the sentence made from the numbers, so a report can print it as is:
   (d) agreement   do Approach 2 (IsoFLOP minima) and 3 (the law) give the same exponent a?
   (e) backtest    median |pred - actual| / actual on the held-out largest runs, and coverage
   (f) repetition  epochs per run, D / unique tokens per epoch
+  (g) fd signal   does the sample-quality distance track the loss across the measured runs?
 Each record also carries its letter as "number". `plan_verdict` states in one sentence
 whether a planned (N, D) is supported by the runs.
 """
@@ -24,7 +25,7 @@ from analysis.compute_optimal import budget_groups, chinchilla_allocation
 PASS, WARN, SKIP = "pass", "warn", "skip"
 # Issue 16's numbering of the checks.
 NUMBERS = {"bracketing": "a", "support": "b", "floor": "c", "agreement": "d",
-           "backtest": "e", "repetition": "f"}
+           "backtest": "e", "repetition": "f", "fd signal": "g"}
 # A planned or frontier N or D within this factor of the trained range is supported.
 MAX_FACTOR = 3.0
 
@@ -241,3 +242,29 @@ def checklist(records: Sequence[dict]) -> str:
   """The records as text lines, one per check: '[warn] (c) floor: E = ...'."""
   return "\n".join(f"[{r['status']}] ({r['number']}) {r['check']}: {r['detail']}"
                    for r in records)
+
+
+def check_fd_signal(loss, fd, name: str = "fd", *, min_runs: int = 4,
+                    alpha: float = 0.05) -> dict:
+  """Does `name` (an FID-like distance, lower is better) rise with the loss across the runs
+  that measured it? A loss -> fd map fitted to points where fd does not move with the loss
+  forecasts fd's mean, whatever the loss, so its fd forecasts are no scaling forecasts.
+  value = Spearman's rho; pass when rho > 0 with a one-sided p < `alpha` (exact
+  permutation test for up to 9 runs: scipy), skip under `min_runs` runs."""
+  from scipy import stats
+  loss, fd = np.asarray(loss, np.float64), np.asarray(fd, np.float64)
+  ok = np.isfinite(loss) & np.isfinite(fd)
+  loss, fd = loss[ok], fd[ok]
+  if len(fd) < min_runs:
+    return _record("fd signal", SKIP, None, f"{len(fd)} run(s) measured {name}; the check "
+                   f"needs {min_runs}")
+  res = stats.spearmanr(loss, fd, alternative="greater")
+  rho, p = float(res.statistic), float(res.pvalue)
+  spread = (f"{name} {_g(fd.min())}-{_g(fd.max())} over loss {_g(loss.min())}-"
+            f"{_g(loss.max())}, {len(fd)} runs")
+  if rho > 0 and p < alpha:
+    return _record("fd signal", PASS, rho, f"{name} rises with the loss (Spearman rho = "
+                   f"{rho:.2f}, p = {p:.2g}; {spread})")
+  return _record("fd signal", WARN, rho, f"{name} does not track the loss (Spearman rho = "
+                 f"{rho:.2f}, p = {p:.2g}; {spread}): its forecasts are about its mean, "
+                 "not a scaling forecast; measure runs further apart in loss")

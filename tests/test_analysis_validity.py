@@ -280,3 +280,17 @@ def test_plan_states_its_verdict(capsys, tmp_path):
   assert verdicts[6.4e18] == "inside the trained N and D ranges: supported by these runs"
   assert verdicts[1e25].startswith("extrapolates ")
   assert verdicts[1e25].endswith(": not supported by these runs")
+
+
+def test_fd_signal_passes_a_monotone_map_and_warns_on_noise():
+  loss = np.array([4.71, 4.64, 4.58, 4.49, 4.40, 4.33, 4.31])
+  fd = 20 + np.exp(2.0 * (loss - 4.0))  # fd rises with loss: the map is identified
+  rec = validity.check_fd_signal(loss, fd, "fd_x")
+  assert rec["status"] == "pass" and rec["number"] == "g" and rec["value"] == pytest.approx(1.0)
+  # The demo's six fd measurements, which do not move with the loss (issue 16's runs).
+  demo_loss = [4.578, 4.354, 4.306, 4.328, 4.360, 4.401]
+  demo_fd = [23.53, 23.31, 23.71, 23.65, 22.94, 23.46]
+  rec = validity.check_fd_signal(demo_loss, demo_fd, "fd_embed32cnn")
+  assert rec["status"] == "warn" and "does not track the loss" in rec["detail"]
+  assert "22.9-23.7" in rec["detail"]
+  assert validity.check_fd_signal(loss[:3], fd[:3])["status"] == "skip"
