@@ -133,7 +133,10 @@ def plan_budget(name: str, flops: float, candidates: Sequence[Candidate], ratio:
 def unique_tokens_per_epoch(cfg: Config) -> int | None:
   """Distinct training tokens in one pass over the data: examples in the token pyramids'
   training split (`<data.tokens>/<data.train_split>/meta.json`, relative to the working
-  directory as for training) x tokens per image; None when that split is not built."""
+  directory as for training), or data.unique_images of them, x tokens per image; None
+  when that split is not built."""
+  if cfg.data.unique_images:
+    return cfg.data.unique_images * cfg.model.num_tokens
   if not cfg.data.tokens:
     return None
   meta = os.path.join(cfg.data.tokens, cfg.data.train_split, "meta.json")

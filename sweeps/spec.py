@@ -41,6 +41,7 @@ ConfigError naming the spec field.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 from typing import Any, Literal
@@ -202,6 +203,9 @@ class SweepSpec:
   base: str | None = None
   out_dir: str | None = None
   seeds: tuple[int, ...] = (0,)
+  # Unique data as an axis: each run trains on data.unique_images = K examples (a fixed
+  # subset; names end -U<K>); empty: the whole training split.
+  unique_images: tuple[int, ...] = ()
   lr: LrSpec = LrSpec()
   batch: BatchSpec = BatchSpec()
   cooldowns: CooldownsSpec | None = None
@@ -213,6 +217,10 @@ class SweepSpec:
       raise ConfigError("name", "must be a non-empty name without '/'")
     if not self.seeds or any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
       raise ConfigError("seeds", f"must be distinct non-negative integers, got {list(self.seeds)}")
+    if any(u < 1 for u in self.unique_images) or len(set(self.unique_images)) != len(
+        self.unique_images):
+      raise ConfigError("unique_images", "must be distinct positive example counts, got "
+                        f"{list(self.unique_images)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -396,22 +404,27 @@ def expand(spec: SweepSpec,
   for m in family:
     label, n = m["label"], m["params"]
     for part, steps, kind, budget in budgets[label]:
-      for seed in spec.seeds:
-        for scale in spec.lr.scales:
-          lr = m["peak"] * scale
-          name = f"{label}-{part}-s{seed}"
-          if len(spec.lr.scales) > 1:
-            name += f"-lr{short_number(lr)}"
-          cfg = config_lib.from_dict(config_lib.merge(base_values, {
-              "model": m["model"], "data": {"global_batch_size": m["batch"]},
-              "optim": {"peak_lr": lr},
-              "run": {"name": name, "out_dir": out_dir, "seed": seed, "steps": steps}}))
-          info = {"sweep": spec.name, "run": name, "model": label, "depth": m["depth"],
-                  "width": m["width"], "budget_kind": kind, "budget": budget, "seed": seed,
-                  "lr_scale": scale, "peak_lr": lr, "steps": steps, "params": n,
-                  "tokens": steps * m["tokens_per_step"],
-                  "flops_exact": steps * m["per_step"]}
-          runs.append(Run(name, cfg, info))
+      for seed, scale, unique in itertools.product(spec.seeds, spec.lr.scales,
+                                                   spec.unique_images or (0,)):
+        lr = m["peak"] * scale
+        name = f"{label}-{part}-s{seed}"
+        if len(spec.lr.scales) > 1:
+          name += f"-lr{short_number(lr)}"
+        if unique:
+          name += f"-U{short_number(unique)}"
+        cfg = config_lib.from_dict(config_lib.merge(base_values, {
+            "model": m["model"], "data": {"global_batch_size": m["batch"],
+                                          "unique_images": unique},
+            "optim": {"peak_lr": lr},
+            "run": {"name": name, "out_dir": out_dir, "seed": seed, "steps": steps}}))
+        info = {"sweep": spec.name, "run": name, "model": label, "depth": m["depth"],
+                "width": m["width"], "budget_kind": kind, "budget": budget, "seed": seed,
+                "lr_scale": scale, "peak_lr": lr, "steps": steps, "params": n,
+                "tokens": steps * m["tokens_per_step"],
+                "flops_exact": steps * m["per_step"]}
+        if unique:
+          info["unique_images"] = unique
+        runs.append(Run(name, cfg, info))
   if spec.cooldowns:
     runs = _branch_cooldowns(runs)
   if spec.budgets.flops:
@@ -438,7 +451,8 @@ def _branch_cooldowns(runs: list[Run]) -> list[Run]:
   groups: dict[tuple, list[Run]] = {}
   for run in runs:
     i = run.info
-    groups.setdefault((i["model"], i["seed"], i["lr_scale"]), []).append(run)
+    groups.setdefault((i["model"], i["seed"], i["lr_scale"], i.get("unique_images")),
+                      []).append(run)
   out: list[Run] = []
   for members in groups.values():
     trunk = max(members, key=lambda r: r.config.run.steps)

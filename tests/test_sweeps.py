@@ -104,6 +104,7 @@ def test_learning_rate_and_batch_rules(tmp_path):
     ({"budgets": {"flops": [1e10], "tolerance": 0}}, "budgets.tolerance"),
     ({"budgets": {"flops": [1e10, 1e3], "tolerance": 0.01}}, "budgets.flops[1]"),
     ({"seeds": [0, 0]}, "seeds"),
+    ({"unique_images": [64, 0]}, "unique_images"),
     ({"lr": {"rule": "power"}}, "lr.lr0"),
     ({"config": {"model": {"depht": 3}}}, "config.model.depht"),
     ({"budget": {"tokens": [1e6]}}, "budget"),
@@ -330,3 +331,19 @@ def test_warm_start_refuses_a_run_that_trains_differently(tmp_path):
     loop.train(config_lib.replace(me, optim={"schedule": "wsd"}, run={"name": "me3"}),
                progress=False,
                log=lambda s: None)
+
+
+def test_unique_images_is_an_axis_with_its_own_trunks(tmp_path):
+  """unique_images: [K1, K2]: every (model, budget, seed) runs once per K, names say K,
+  configs set data.unique_images, and cool-downs branch only off a trunk of the same K."""
+  path = write_spec(tmp_path, unique_images=[32, 64], cooldowns={"decay_fraction": 0.5})
+  runs = spec_lib.load(path).runs
+  assert len(runs) == 2 * 2 * 2  # models x budgets x K
+  for run in runs:
+    k = run.config.data.unique_images
+    assert run.name.endswith(f"-U{k}") and run.info["unique_images"] == k
+    if "warm_start" in run.info:
+      trunk = next(r for r in runs if r.name == run.info["warm_start"])
+      assert trunk.config.data.unique_images == k and trunk.info["model"] == run.info["model"]
+  assert {r.config.data.unique_images for r in spec_lib.load(write_spec(
+      tmp_path / "plain")).runs} == {0}

@@ -323,3 +323,35 @@ def test_finished_run_measures_its_samples_with_the_configured_protocol(setup, t
   assert (protocol["num_samples"], protocol["top_k"], protocol["seed"], protocol["cfg"]) == \
       (16, 20, 3, 1.5)
   assert summary["loss"] > 0 and summary["steps"] == 2
+
+
+def test_unique_images_trains_on_a_fixed_nested_subset(setup, tmp_path):
+  """data.unique_images = K: every epoch reads exactly the K examples of one subset, the
+  same for every seed, nested in K; the summary counts K images an epoch."""
+  from varjax.data import pipeline
+  from varjax.data.tokens import TokenPyramids
+  train_dir = os.path.join(setup["tokens"], "train")
+  n = len(TokenPyramids(train_dir))
+  k = n // 4
+  subset = loop.unique_subset(n, k)
+  assert len(set(subset.tolist())) == k and set(subset) <= set(loop.unique_subset(n, 2 * k))
+  np.testing.assert_array_equal(subset, loop.unique_subset(n, k))  # a pure function
+  cfg = config_lib.from_dict(fx.tiny_config(setup, str(tmp_path), data={"unique_images": k}))
+  for seed in (0, 1):
+    data = loop.TokenData(train_dir, cfg, None, shuffle_seed=seed, unique_images=k)
+    read = []
+    data.pyramids.batch = lambda indices, f=data.pyramids.batch: read.append(indices) or f(indices)
+    assert len(data) == k and k % data.batch_size == 0
+    for step in range(2 * k // data.batch_size):  # two epochs
+      data.local(pipeline.sample_positions(step, data.batch_size))
+    order = np.concatenate(read)
+    first, second = np.sort(order[:k]), np.sort(order[k:])
+    np.testing.assert_array_equal(first, subset)  # each epoch: the subset, once each
+    np.testing.assert_array_equal(second, subset)
+  summary = loop.train(config_lib.replace(cfg, run={"name": "u", "steps": 2}), progress=False,
+                       log=lambda m: None)
+  tokens_per_image = TokenPyramids(train_dir).flat([0]).shape[1]
+  assert summary["train_examples"] == k
+  assert summary["unique_tokens"] == k * tokens_per_image
+  with pytest.raises(VarjaxError, match="more than the"):
+    loop.TokenData(train_dir, cfg, None, shuffle_seed=0, unique_images=n + 1)

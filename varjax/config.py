@@ -144,9 +144,16 @@ class DataConfig:
   # tokens/<eval_split>. The tokenizer defaults to the one recorded in their meta.json.
   tokens: str | None = None
   tokenizer: str | None = None
+  # Train on a fixed subset of this many examples of the training token set (0: all of it):
+  # the first K of a permutation seeded by the set's size alone, so the subset is the same
+  # for every run and seed, and a smaller K is a subset of a larger one (unique data as a
+  # sweep axis: summary.json's unique_tokens and epochs follow it).
+  unique_images: int = 0
 
   def __post_init__(self):
     _check(bool(self.dataset), "data.dataset", "must not be empty")
+    _check(self.unique_images >= 0, "data.unique_images",
+           f"must be >= 0 (0: the whole split), got {self.unique_images}")
     _check(self.resolution >= 8, "data.resolution", f"must be >= 8, got {self.resolution}")
     _check(self.global_batch_size >= 1, "data.global_batch_size",
            f"must be >= 1, got {self.global_batch_size}")

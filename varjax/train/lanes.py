@@ -111,7 +111,8 @@ def _train(cfgs: list[Config], directories: list[str], cleanup: contextlib.ExitS
   step_lib.check_batch_divisible(batch, cfg.optim.grad_accum_steps, mesh)
   step_lib.check_batch_divisible(k * batch, 1, mesh)
   first_data, eval_data, tokenizer_dir, prepare = loop.open_data(cfg, mesh)
-  train_data = [first_data] + [loop.TokenData(first_data.path, c, mesh, shuffle_seed=c.run.seed)
+  train_data = [first_data] + [loop.TokenData(first_data.path, c, mesh, shuffle_seed=c.run.seed,
+                                              unique_images=c.data.unique_images)
                                for c in cfgs[1:]]
 
   # ---- model, optimizers, stacked state

@@ -38,12 +38,27 @@ class NonFiniteLoss(VarjaxError):
   pass
 
 
+def unique_subset(n: int, k: int) -> np.ndarray:
+  """int64 [k], sorted: the examples of a k-example subset of an n-example set. The first k
+  of a permutation seeded by n alone: the same for every run and seed, nested in k."""
+  return np.sort(np.random.default_rng([20261130, n]).permutation(n)[:k])
+
+
 class TokenData:
   """This process's rows of each global batch of a token-pyramid split."""
 
-  def __init__(self, path: str, cfg: Config, mesh, shuffle_seed: int | None):
+  def __init__(self, path: str, cfg: Config, mesh, shuffle_seed: int | None,
+               unique_images: int = 0):
     self.pyramids = tokens_lib.TokenPyramids(path)
     self.path, self.cfg, self.mesh, self.seed = path, cfg, mesh, shuffle_seed
+    # The examples this run may read: all, or data.unique_images of them (training only).
+    self.subset = None
+    if unique_images:
+      n = len(self.pyramids)
+      if unique_images > n:
+        raise VarjaxError(f"data.unique_images {unique_images} is more than the {n} examples "
+                          f"in {path}")
+      self.subset = unique_subset(n, unique_images)
     self.batch_size = cfg.data.global_batch_size
     self.rows = distributed.process_rows(self.batch_size)
     if tuple(self.pyramids.patch_nums) != tuple(cfg.model.patch_nums):
@@ -59,13 +74,15 @@ class TokenData:
                         f"{cfg.model.num_classes} (set --model.num_classes={top + 1})")
 
   def __len__(self) -> int:
-    return len(self.pyramids)
+    return len(self.pyramids) if self.subset is None else len(self.subset)
 
   def local(self, positions: np.ndarray) -> dict[str, Any]:
     if self.seed is None:  # evaluation: the split in order
       indices = positions % len(self)
     else:
       indices = pipeline.example_indices(self.seed, positions, len(self))
+    if self.subset is not None:
+      indices = self.subset[indices]
     return self.pyramids.batch(indices[self.rows])
 
   def global_batch(self, local: dict[str, Any]):
@@ -143,7 +160,8 @@ def sample_quality(cfg: Config, directory: str, progress, log) -> dict[str, Any]
 def open_data(cfg: Config, mesh) -> tuple[TokenData, TokenData, str, Callable]:
   """(train data, eval data, tokenizer dir, jitted prepare) of a run on `mesh`."""
   train_path, eval_path = _tokens_dirs(cfg)
-  train_data = TokenData(train_path, cfg, mesh, shuffle_seed=cfg.run.seed)
+  train_data = TokenData(train_path, cfg, mesh, shuffle_seed=cfg.run.seed,
+                         unique_images=cfg.data.unique_images)
   eval_data = TokenData(eval_path, cfg, mesh, shuffle_seed=None)
   tokenizer_dir = _tokenizer_dir(cfg, train_data)
   tokenizer, tok_params, tok_cfg = store.load_tokenizer(tokenizer_dir)
