@@ -227,6 +227,12 @@ def _cmd_train(args) -> None:
 
 def _cmd_flops(args) -> None:
   from varjax.train import flops
+  if args.sample:
+    return _cmd_sampling_flops(args)
+  for flag, value in (("--refiner", args.refiner), ("--switch-scale", args.switch_scale),
+                      ("--cfg", args.cfg or None), ("--batch", None if args.batch == 1 else 1)):
+    if value is not None:
+      raise VarjaxError(f"{flag} counts sampling: add --sample")
   cfg = _model_config(args).model
   counts = flops.training_flops(cfg)
   if args.json:
@@ -240,6 +246,54 @@ def _cmd_flops(args) -> None:
   print(f"  {'6ND':<14}{counts['6nd']:>22,.0f}  ({counts['6nd'] / counts['total']:.3f} x exact)")
   print(f"  {'6ND no head':<14}{counts['6nd_no_head']:>22,.0f}  "
         f"({counts['6nd_no_head'] / counts['total']:.3f} x exact)")
+
+
+def _cmd_sampling_flops(args) -> None:
+  import argparse as argparse_lib
+  from varjax.train import flops
+  if args.cfg < 0 or args.batch < 1:
+    raise VarjaxError(f"--cfg must be >= 0 and --batch >= 1, got {args.cfg} and {args.batch}")
+  if args.switch_scale is not None and args.refiner is None:
+    raise VarjaxError("--switch-scale needs --refiner MODEL (the model that samples from k on)")
+  cfg = _model_config(args).model
+  refiner = None
+  if args.refiner:
+    refiner = _model_config(argparse_lib.Namespace(**{**vars(args), "model": args.refiner})).model
+  guided = args.cfg > 0
+  cost = flops.sampling_cost(cfg, guided=guided, batch=args.batch)
+  table = None
+  if refiner is not None:
+    switches = args.switch_scale
+    for k in switches or []:
+      from varjax.models import sampling
+      sampling.check_collaborative(cfg, refiner, k)
+    table = flops.collaborative_table(cfg, refiner, guided, switches)
+  rows = f"{args.batch} image{'s' if args.batch > 1 else ''}" + (", x2 rows for guidance"
+                                                                 if guided else "")
+  if args.json:
+    print(json.dumps({"model": cfg.name, "patch_nums": list(cfg.patch_nums), "dtype": cfg.dtype,
+                      "cfg": args.cfg, "sampling": cost,
+                      **({"refiner": refiner.name, "collaborative": table} if table else {})},
+                     indent=2))
+    return
+  print(f"{cfg.name}: sampling FLOPs per image ({cfg.num_tokens} tokens {list(cfg.patch_nums)}, "
+        f"{'guidance: batch doubled' if guided else 'no guidance'}) and KV cache ({cfg.dtype}, "
+        f"{rows})")
+  print(f"  {'scale':>5} {'side':>4} {'tokens':>6} {'cached':>6} {'FLOPs':>20} {'KV cache MB':>12}")
+  for s in cost["steps"]:
+    print(f"  {s['scale']:>5} {s['side']:>4} {s['tokens']:>6} {s['cached_tokens']:>6} "
+          f"{s['flops']:>20,} {s['kv_cache_bytes'] / 1e6:>12.1f}")
+  print(f"  total {cost['total']:,} FLOPs per image; KV cache peak "
+        f"{cost['kv_cache_peak_bytes']:,} bytes ({cost['kv_cache_peak_bytes'] / 1e6:.1f} MB)")
+  if table:
+    print(f"collaborative: {cfg.name} drafts the k scales before the switch, {refiner.name} "
+          "prefills its cache over them and samples the rest")
+    print(f"  {'k':>3} {'drafted':>7} {'FLOPs':>20} {'speed-up':>8} {'no prefill':>10} "
+          f"{'param bound':>11} {'KV peak MB':>10}")
+    for r in table:
+      print(f"  {r['switch']:>3} {r['drafted_tokens']:>7} {r['flops']:>20,} "
+            f"{r['speedup']:>7.2f}x {r['speedup_without_prefill']:>9.2f}x "
+            f"{r['parameter_bound']:>10.2f}x {r['kv_cache_peak_bytes'] / 1e6:>10.1f}")
 
 
 def _cmd_bench_train(args) -> None:
@@ -258,7 +312,7 @@ def _int_list(text: str) -> list[int]:
     raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _add_model_report(commands, name: str, func, help_text: str) -> None:
+def _add_model_report(commands, name: str, func, help_text: str):
   """`varjax params` / `varjax flops`: a report on one model config."""
   sub = commands.add_parser(
       name, help=help_text,
@@ -267,6 +321,7 @@ def _add_model_report(commands, name: str, func, help_text: str) -> None:
   sub.add_argument("--config", default=None, help="YAML or JSON config file")
   sub.add_argument("--json", action="store_true")
   sub.set_defaults(func=func, takes_overrides=True)
+  return sub
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -386,8 +441,20 @@ def build_parser() -> argparse.ArgumentParser:
   train.add_argument("--process-id", type=int, default=None)
   train.set_defaults(func=_cmd_train, takes_overrides=True)
 
-  _add_model_report(commands, "flops", _cmd_flops,
-                    "training FLOPs per image: exact count and 6ND side by side")
+  flops_cmd = _add_model_report(
+      commands, "flops", _cmd_flops, "training FLOPs per image: exact count and 6ND side by "
+      "side; --sample: sampling FLOPs per image and KV-cache bytes, per scale")
+  flops_cmd.add_argument("--sample", action="store_true",
+                         help="count sampling (KV cache, scale by scale) instead of training")
+  flops_cmd.add_argument("--cfg", type=float, default=0.0,
+                         help="with --sample: guidance > 0 doubles the batch (default 0: none)")
+  flops_cmd.add_argument("--batch", type=int, default=1,
+                         help="with --sample: images sampled together, for the KV bytes")
+  flops_cmd.add_argument("--refiner", default=None,
+                         help="with --sample: var-d<depth> refining after the switch scale "
+                              "(collaborative sampling; the overrides apply to both models)")
+  flops_cmd.add_argument("--switch-scale", type=_int_list, default=None,
+                         help="with --refiner: switch scales k to show (default: 0..num scales)")
 
   bench = commands.add_parser("bench", help="throughput benchmarks").add_subparsers(
       dest="bench_command", required=True, metavar="WHAT")

@@ -18,8 +18,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from varjax import scales
+from varjax.config import ModelConfig
 from varjax.models.var import VAR, check_labels
 
 
@@ -76,6 +78,24 @@ def scale_step(model: VAR, params, index: int, cond_BxC, x_BxSxCv, kv_caches):
   returns (logits, extended caches). x is None for the first scale (the start token)."""
   h = model.apply(params, index, cond_BxC, x_BxSxCv, method=VAR.embed_scale)
   return model.apply(params, h, cond_BxC, False, kv_caches, method=VAR.blocks_and_head)
+
+
+def check_collaborative(drafter: ModelConfig, refiner: ModelConfig, switch: int) -> None:
+  """Two models can share one sample when they read and write the same tokens: same
+  schedule, codebook, latent width and classes; the switch k is in 0..num_scales."""
+  from varjax.errors import VarjaxError
+  for key in ("patch_nums", "vocab_size", "latent_channels", "num_classes"):
+    a, b = (np.atleast_1d(getattr(m, key)).tolist() for m in (drafter, refiner))
+    if a != b:
+      a, b = (v if len(v) > 1 or key == "patch_nums" else v[0] for v in (a, b))
+      raise VarjaxError(
+          f"the drafter ({drafter.name}) and the refiner ({refiner.name}) disagree on {key}: "
+          f"{a} vs {b}; collaborative sampling needs one tokenizer and schedule")
+  n = len(drafter.patch_nums)
+  if isinstance(switch, bool) or not isinstance(switch, (int, np.integer)) or not 0 <= switch <= n:
+    raise VarjaxError(f"switch scale {switch} is outside the schedule: k must be an integer "
+                      f"in 0..{n} (the drafter samples the k scales before it; 0 = the "
+                      f"refiner alone, {n} = the drafter alone)")
 
 
 def cfg_ratio(index: int, num_scales: int) -> float:
