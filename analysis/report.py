@@ -45,9 +45,13 @@ def with_fid(rows: list[dict], fid) -> None:
 
 
 def vs_trained(row: dict, data: pipeline.Data) -> dict:
-  """Per input, (factor, 'inside' | 'beyond' | 'below') against the trained range."""
-  return {role: list(validity.extrapolation(row[role], data.inputs[role]))
-          for role in ("N", "D")}
+  """Per input, (factor, 'inside' | 'beyond' | 'below') against the trained range; also
+  for the compute 6ND, which can lie beyond the runs' while N and D each lie inside."""
+  out = {role: list(validity.extrapolation(row[role], data.inputs[role]))
+         for role in ("N", "D")}
+  out["C"] = list(validity.extrapolation(6 * row["N"] * row["D"],
+                                         6 * data.inputs["N"] * data.inputs["D"]))
+  return out
 
 
 def build(args) -> dict:

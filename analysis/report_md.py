@@ -152,11 +152,12 @@ def forecasts_section(report: dict) -> list[str]:
   if not rows:
     return ["No forecast was asked (`--at N=..,D=..`)."]
   header = ["point", "C", "loss [95%]"] + ([f"{fd} [95%]"] if fd else []) + \
-      ["N vs trained", "D vs trained"]
+      ["N vs trained", "D vs trained", "C vs trained"]
   body = [[point_name(r), num(6 * r["N"] * r["D"]),
            with_interval(r["loss"], r.get("interval_95"))] +
           ([with_interval(r.get("fid"), r.get("fid_interval_95"))] if fd else []) +
-          [_outside(r, "N"), _outside(r, "D")] for r in rows]
+          [_outside(r, "N"), _outside(r, "D"),
+           _outside(r, "C") if "C" in r["vs_trained"] else "–"] for r in rows]
   return _table(header, body)
 
 
@@ -282,10 +283,11 @@ def findings(report: dict) -> list[str]:
   for r in warned:
     out.append(f"Check ({r['number']}) {r['check']} warns: {r['detail']}.")
   for r in report.get("forecasts", []):
-    outside = [f"{role} {_outside(r, role)} the trained range" for role in ("N", "D")
-               if r["vs_trained"][role][1] != "inside"]
+    roles = [role for role in ("N", "D", "C") if role in r["vs_trained"]]
+    outside = [f"{'compute' if role == 'C' else role} {_outside(r, role)} the trained range"
+               for role in roles if r["vs_trained"][role][1] != "inside"]
     where = ("an extrapolation: " + " and ".join(outside)) if outside else \
-        "inside the trained N and D ranges"
+        "inside the trained N, D and compute ranges"
     out.append(f"The forecast at {point_name(r)} (loss "
                f"{with_interval(r['loss'], r.get('interval_95'))}) is {where}.")
   if report.get("heldout", {}).get("runs"):

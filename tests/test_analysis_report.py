@@ -182,8 +182,12 @@ def test_report_writes_report_md_with_forecasts_plan_and_checks(capsys, registry
          f"{num(report['intervals_95']['alpha'][1])}] |" in md
   near, far = report["forecasts"]
   assert f"| N=2e8, D=2e10 | 2.4e19 | {num(near['loss'])} [" in md
-  assert near["vs_trained"] == {"N": [1.0, "inside"], "D": [1.0, "inside"]}
+  assert near["vs_trained"] == {"N": [1.0, "inside"], "D": [1.0, "inside"],
+                                "C": [1.0, "inside"]}
   assert far["vs_trained"]["N"][1] == "beyond"
+  # C: beyond the largest trained 6ND by the ratio, even where N and D would be inside.
+  trained_c = 6 * table["params"] * table["tokens"]
+  assert far["vs_trained"]["C"] == [pytest.approx(6e22 / trained_c.max()), "beyond"]
   assert far["vs_trained"]["N"][0] == pytest.approx(1e10 / table["params"].max())
   assert far["fid_interval_95"][0] <= far["fid"] <= far["fid_interval_95"][1]
   plan = report["plan"]

@@ -294,3 +294,12 @@ def test_fd_signal_passes_a_monotone_map_and_warns_on_noise():
   assert rec["status"] == "warn" and "does not track the loss" in rec["detail"]
   assert "22.9-23.7" in rec["detail"]
   assert validity.check_fd_signal(loss[:3], fd[:3])["status"] == "skip"
+
+
+def test_plan_verdict_flags_compute_beyond_the_runs_with_n_and_d_inside():
+  # Two runs of 6e10 FLOPs each; the plan pairs the larger N with the larger D.
+  n, d = np.array([1e4, 1e5]), np.array([1e6, 1e5])
+  assert validity.plan_verdict(1e5, 1e6, n, d) == (
+      "inside the trained N and D ranges, but at 10x the largest trained compute: an "
+      "extrapolation in compute, not supported by these runs")
+  assert validity.plan_verdict(3e4, 3e5, n, d).endswith(": supported by these runs")
