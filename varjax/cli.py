@@ -189,26 +189,60 @@ def _cmd_sample(args) -> None:
   from varjax.models import sampling, store
   if args.per_label < 1 or args.batch_size < 1:
     raise VarjaxError("--per-label and --batch-size must be >= 1")
+  if (args.refiner is None) != (args.switch_scale is None):
+    raise VarjaxError("collaborative sampling needs both --refiner DIR and --switch-scale K "
+                      "(the drafter --var samples the K scales before it, the refiner the rest)")
   _check_image_out(args.out)
+  refiner = None
+  if args.refiner:
+    drafter_cfg = store.read_model_config(args.var, "VAR model")
+    refiner_cfg = store.read_model_config(args.refiner, "VAR model")
+    sampling.check_collaborative(drafter_cfg.model, refiner_cfg.model, args.switch_scale)
+    _check_one_tokenizer(args.var, drafter_cfg, args.refiner, refiner_cfg)
   model, params, cfg = store.load_var(args.var)
   tokenizer, tok_params, tok_cfg = store.load_tokenizer(args.tokenizer)
   store.check_same_tokens(cfg, tok_cfg)
+  if args.refiner:
+    refiner_model, refiner_params, refiner_cfg = store.load_var(args.refiner)
+    store.check_same_tokens(refiner_cfg, tok_cfg, f"the refiner {args.refiner}")
+    refiner = (refiner_model, refiner_params)
   labels = np.repeat(np.asarray(args.labels, np.int64), args.per_label)
   protocol = sampling.SamplingProtocol(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
                                        seed=args.seed)
   batches = range(0, len(labels), args.batch_size)
   images = [np.asarray(sampling.sample_images(model, params, tokenizer, {"params": tok_params},
                                               labels[i:i + args.batch_size], protocol,
-                                              batch_index=i // args.batch_size))
+                                              batch_index=i // args.batch_size,
+                                              refiner=refiner, switch=args.switch_scale))
             for i in progress.bar(batches, desc="sampling", unit="batch",
                                   enabled=None if len(batches) > 1 else False)]
   images = np.concatenate(images) * 2 - 1
   path = preview.save_image_grid(images, args.out, columns=args.per_label)
   with open(os.path.splitext(path)[0] + ".json", "w") as f:
     json.dump({"var": args.var, "tokenizer": args.tokenizer, "labels": labels.tolist(),
-               **vars(protocol)}, f, indent=2)
+               **vars(protocol),
+               **({"refiner": args.refiner, "switch_scale": args.switch_scale}
+                  if refiner else {})}, f, indent=2)
   print(f"wrote {path} ({len(labels)} samples, one row per label; protocol in "
         f"{os.path.splitext(path)[0]}.json)")
+
+
+def _check_one_tokenizer(drafter_dir: str, drafter_cfg, refiner_dir: str, refiner_cfg) -> None:
+  """Two models trained on different tokenizers (recorded as data.tokenizer or in
+  summary.json) cannot share a sample, even when codebook sizes agree. Paths that do not
+  exist here cannot be compared and pass; copies are compared by their parameters."""
+  from varjax.eval import features, fid
+  recorded = [cfg.data.tokenizer or fid.read_summary(d).get("tokenizer")
+              for d, cfg in ((drafter_dir, drafter_cfg), (refiner_dir, refiner_cfg))]
+  if not all(recorded) or os.path.realpath(recorded[0]) == os.path.realpath(recorded[1]):
+    return
+  params = [os.path.join(t, "params.msgpack") for t in recorded]
+  if not all(os.path.isfile(p) for p in params):
+    return
+  if features.file_fingerprint(params[0]) != features.file_fingerprint(params[1]):
+    raise VarjaxError(f"the drafter {drafter_dir} was trained on the tokenizer {recorded[0]} "
+                      f"and the refiner {refiner_dir} on {recorded[1]}: collaborative "
+                      "sampling needs one tokenizer")
 
 
 def _cmd_train(args) -> None:
@@ -426,6 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
   sample.add_argument("--seed", type=int, default=0)
   sample.add_argument("--batch-size", type=int, default=32)
   sample.add_argument("--out", default="samples.png")
+  sample.add_argument("--refiner", default=None,
+                      help="collaborative sampling: a second VAR model directory (same "
+                           "tokenizer and schedule) that samples from --switch-scale on")
+  sample.add_argument("--switch-scale", type=int, default=None,
+                      help="K: --var drafts the K scales before it, --refiner builds its KV "
+                           "cache from them (a prefill) and samples the rest")
   sample.set_defaults(func=_cmd_sample)
   train = commands.add_parser(
       "train", help="one VAR training run into run.out_dir/run.name (resumable)",

@@ -9,6 +9,12 @@ The Python loop over scales unrolls under jit (shapes differ per scale).
 Classifier-free guidance follows VAR: the batch is doubled with the null class and the
 logits of scale k are (1 + t) cond - t uncond with t = cfg * k / (num_scales - 1), a ramp
 from 0 at the first scale to `cfg` at the last.
+
+Collaborative decoding (CoDe): a drafter samples the first k scales, then a refiner that
+shares the tokenizer and schedule builds its own KV cache from the drafted tokens (a
+prefill: one cached step per drafted scale, logits discarded) and samples the rest. The
+draws use the same keys as one model's sampling, so a model paired with itself samples
+exactly what it samples alone.
 """
 
 from __future__ import annotations
@@ -102,58 +108,112 @@ def cfg_ratio(index: int, num_scales: int) -> float:
   return index / (num_scales - 1) if num_scales > 1 else 1.0
 
 
-def sample_indices(model: VAR, params, tokenizer, tokenizer_params, labels_B, key,
-                   protocol: SamplingProtocol = SamplingProtocol()):
-  """Samples one token pyramid per label: list of int32 [B, side, side] per scale, and the
-  final reconstruction f_hat [B, h, w, Cv]. `tokenizer` is a varjax.models.vqvae.VQVAE."""
+def with_null_rows(labels_B, num_classes: int, guided: bool):
+  """The labels the transformer runs on: under guidance the batch is doubled with the null
+  class (rows [0, B) conditional, [B, 2B) unconditional)."""
+  labels_B = jnp.asarray(labels_B, jnp.int32)
+  return jnp.concatenate([labels_B, jnp.full_like(labels_B, num_classes)]) if guided else labels_B
+
+
+def sample_scale(model: VAR, params, tokenizer, tokenizer_params, index: int, cond, x_in,
+                 caches, f_hat_Bxhxwx, key, protocol: SamplingProtocol):
+  """Samples scale `index` for B images (cond, x_in and caches have 2B rows under guidance):
+  logits through the cache, guidance, top-k/top-p, one draw with fold_in(key, index), the
+  tokens embedded and added to f_hat. Returns (int32 [B, side, side], caches, f_hat, the
+  next scale's input [rows, S', Cv] or None after the last scale)."""
   cfg = model.cfg
+  pn = cfg.patch_nums
+  b, p = f_hat_Bxhxwx.shape[0], pn[index]
+  logits, caches = scale_step(model, params, index, cond, x_in, caches)
+  if protocol.cfg > 0:
+    t = protocol.cfg * cfg_ratio(index, len(pn))
+    logits = (1 + t) * logits[:b] - t * logits[b:]
+  logits = filter_logits(logits, protocol.top_k, protocol.top_p)
+  idx_BxS = jax.random.categorical(jax.random.fold_in(key, index), logits, axis=-1)
+  idx_Bxpxp = idx_BxS.reshape(b, p, p).astype(jnp.int32)
+  h_BxpxpxCv = tokenizer.apply(tokenizer_params, idx_Bxpxp, method=type(tokenizer).embed)
+  f_hat, nxt = tokenizer.apply(tokenizer_params, index, f_hat_Bxhxwx, h_BxpxpxCv,
+                               method=type(tokenizer).next_autoregressive_input)
+  if index + 1 == len(pn):
+    return idx_Bxpxp, caches, f_hat, None
+  x_in = nxt.reshape(b, -1, cfg.latent_channels)
+  return idx_Bxpxp, caches, f_hat, (jnp.concatenate([x_in, x_in]) if protocol.cfg > 0 else x_in)
+
+
+def prefill(model: VAR, params, cond, inputs, caches):
+  """The KV cache of `model` over scales it did not sample: one cached step per scale of
+  `inputs` (None for scale 0, then the teacher-forced input of each), logits discarded."""
+  for si, x in enumerate(inputs):
+    _, caches = scale_step(model, params, si, cond, x, caches)
+  return caches
+
+
+def sample_indices(model: VAR, params, tokenizer, tokenizer_params, labels_B, key,
+                   protocol: SamplingProtocol = SamplingProtocol(), refiner=None,
+                   switch: int | None = None):
+  """Samples one token pyramid per label: list of int32 [B, side, side] per scale, and the
+  final reconstruction f_hat [B, h, w, Cv]. `tokenizer` is a varjax.models.vqvae.VQVAE.
+
+  Collaborative decoding (refiner = (VAR, params), CoDe): `model` drafts scales
+  [0, switch), then the refiner builds its own KV cache from the drafted tokens (a prefill
+  over those scales) and samples [switch, num_scales). switch 0 is the refiner alone,
+  num_scales the model alone; the random draws are those of a single model's sampling."""
+  cfg = model.cfg
+  n = len(cfg.patch_nums)
+  stages = [(model, params, 0, n)]
+  if refiner is not None:
+    check_collaborative(cfg, refiner[0].cfg, switch)
+    stages = [(model, params, 0, switch), (refiner[0], refiner[1], switch, n)]
   labels_B = jnp.asarray(labels_B, jnp.int32)
   b = labels_B.shape[0]
-  guided = protocol.cfg > 0
-  all_labels = jnp.concatenate([labels_B, jnp.full_like(labels_B, cfg.num_classes)]) \
-      if guided else labels_B
-  cond = model.apply(params, all_labels, method=VAR.condition)
-  caches = empty_caches(model, all_labels.shape[0])
-  pn = cfg.patch_nums
-  side = pn[-1]
+  rows = with_null_rows(labels_B, cfg.num_classes, protocol.cfg > 0)
+  side = cfg.patch_nums[-1]
   f_hat = jnp.zeros((b, side, side, cfg.latent_channels), jnp.float32)
-  x_in, pyramid = None, []
-  for si, p in enumerate(pn):
-    logits, caches = scale_step(model, params, si, cond, x_in, caches)
-    if guided:
-      t = protocol.cfg * cfg_ratio(si, len(pn))
-      logits = (1 + t) * logits[:b] - t * logits[b:]
-    logits = filter_logits(logits, protocol.top_k, protocol.top_p)
-    idx_BxS = jax.random.categorical(jax.random.fold_in(key, si), logits, axis=-1)
-    idx_Bxpxp = idx_BxS.reshape(b, p, p).astype(jnp.int32)
-    pyramid.append(idx_Bxpxp)
-    h_BxpxpxCv = tokenizer.apply(tokenizer_params, idx_Bxpxp, method=type(tokenizer).embed)
-    f_hat, nxt = tokenizer.apply(tokenizer_params, si, f_hat, h_BxpxpxCv,
-                                 method=type(tokenizer).next_autoregressive_input)
-    if si + 1 < len(pn):
-      x_in = nxt.reshape(b, -1, cfg.latent_channels)
-      if guided:
-        x_in = jnp.concatenate([x_in, x_in])
+  inputs, pyramid = [None], []  # inputs[k]: the input of scale k, shared by both models
+  for stage_model, stage_params, lo, hi in stages:
+    if lo == hi:
+      continue
+    cond = stage_model.apply(stage_params, rows, method=VAR.condition)
+    caches = prefill(stage_model, stage_params, cond, inputs[:lo],
+                     empty_caches(stage_model, rows.shape[0]))
+    for si in range(lo, hi):
+      idx, caches, f_hat, x_in = sample_scale(stage_model, stage_params, tokenizer,
+                                              tokenizer_params, si, cond, inputs[si], caches,
+                                              f_hat, key, protocol)
+      pyramid.append(idx)
+      inputs.append(x_in)
   return pyramid, f_hat
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2, 6))
-def _sample_images(model, params, tokenizer, tokenizer_params, labels_B, key, protocol):
-  _, f_hat = sample_indices(model, params, tokenizer, tokenizer_params, labels_B, key, protocol)
+@functools.partial(jax.jit, static_argnums=(0, 2, 6, 7, 9))
+def _sample_images(model, params, tokenizer, tokenizer_params, labels_B, key, protocol,
+                   refiner_model, refiner_params, switch):
+  refiner = None if refiner_model is None else (refiner_model, refiner_params)
+  _, f_hat = sample_indices(model, params, tokenizer, tokenizer_params, labels_B, key, protocol,
+                            refiner, switch)
   images = tokenizer.apply(tokenizer_params, f_hat, method=type(tokenizer).fhat_to_img)
   return jnp.clip((images + 1) / 2, 0, 1)
 
 
 def sample_images(model: VAR, params, tokenizer, tokenizer_params, labels_B,
-                  protocol: SamplingProtocol = SamplingProtocol(), batch_index: int = 0):
+                  protocol: SamplingProtocol = SamplingProtocol(), batch_index: int = 0,
+                  refiner=None, switch: int | None = None):
   """Images in [0, 1], [B, H, W, 3], for concrete labels (checked here: out-of-range labels
-  raise a VarjaxError). The key is fold_in(seed, batch_index), so batches are reproducible."""
+  raise a VarjaxError). The key is fold_in(seed, batch_index), so batches are reproducible.
+  refiner = (VAR, params) and switch: collaborative decoding (see sample_indices)."""
   labels = check_labels(labels_B, model.cfg.num_classes)
+  refiner_model, refiner_params = refiner if refiner is not None else (None, None)
+  if refiner is not None:
+    check_collaborative(model.cfg, refiner_model.cfg, switch)
+    switch = int(switch)
+  else:
+    switch = None
   key = jax.random.fold_in(jax.random.key(protocol.seed), batch_index)
   # The seed is in the key; keeping it out of the static protocol means one compile serves
   # every seed (an evaluation draws samples under several).
   return _sample_images(model, params, tokenizer, tokenizer_params, labels, key,
-                        dataclasses.replace(protocol, seed=0))
+                        dataclasses.replace(protocol, seed=0), refiner_model, refiner_params,
+                        switch)
 
 
 def teacher_forced_cached_logits(model: VAR, params, labels_B, x_BxLrxCv):
