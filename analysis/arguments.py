@@ -54,34 +54,76 @@ def replicates(text: str) -> int:
   return _integer(text, lambda v: v == 0 or v >= 2, "0 (none) or at least 2")
 
 
-def at_point(spec: str) -> dict[str, float]:
-  """`N=..,D=..` or `N=..,C=..` (C = 6 N D) as {"N", "D"[, "C"]}, every value positive."""
-  usage = f"{spec!r}: expected N=...,D=... (or N=...,C=...)"
-  point = {}
+def value(text: str) -> float:
+  """A number, or e^X for exp(X) (published laws often quote log parameters)."""
+  text = text.strip()
+  if text.startswith("e^"):
+    return math.exp(float(text[2:]))
+  return float(text)
+
+
+AT_USAGE = "expected N=...,D=... (or N=...,C=...), optionally U=..."
+
+
+def pairs(spec: str, usage: str = "expected NAME=VALUE,NAME=VALUE,...") -> dict[str, float]:
+  """`K=V,K=V,...` as {K: V}, each V a number (or e^X), each K once."""
+  out = {}
   for part in spec.split(","):
     key, equals, text = (s.strip() for s in part.partition("="))
-    if key not in ("N", "D", "C") or not equals or not text:
-      raise argparse.ArgumentTypeError(usage)
-    if key in point:
+    if not key or not equals or not text:
+      raise argparse.ArgumentTypeError(f"{spec!r}: {usage}")
+    if key in out:
       raise argparse.ArgumentTypeError(f"{spec!r}: {key} given twice")
     try:
-      value = float(text)
-    except ValueError:
+      out[key] = value(text)
+    except (ValueError, OverflowError):
       raise argparse.ArgumentTypeError(f"{spec!r}: {text!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):
-      raise argparse.ArgumentTypeError(f"{spec!r}: {key} must be a positive finite number, "
-                                       f"got {text}")
-    point[key] = value
-  if len(point) == 3:
-    raise argparse.ArgumentTypeError(f"{spec!r}: give two of N, D, C, not all three")
+  return out
+
+
+def nd_point(point: dict[str, float], spec: str) -> dict[str, float]:
+  """{N, D[, C][, U]} from two of N, D, C (C = 6 N D) and optionally U, the unique tokens
+  trained on (U <= D); every value positive. AnalysisError names `spec` otherwise."""
+  unknown = [k for k in point if k not in ("N", "D", "C", "U")]
+  if unknown:
+    raise AnalysisError(f"{spec!r}: {AT_USAGE}; got {', '.join(unknown)}")
+  for key, v in point.items():
+    if not (math.isfinite(v) and v > 0):
+      raise AnalysisError(f"{spec!r}: {key} must be a positive finite number, got {v:g}")
+  point = dict(point)
+  given = [k for k in ("N", "D", "C") if k in point]
+  if len(given) == 3:
+    raise AnalysisError(f"{spec!r}: give two of N, D, C, not all three")
   if "C" in point and "N" in point:
     point["D"] = point["C"] / (6 * point["N"])
     if not (math.isfinite(point["D"]) and point["D"] > 0):
-      raise argparse.ArgumentTypeError(f"{spec!r}: D = C / 6N = {point['D']:g} is not a "
-                                       "positive finite number")
+      raise AnalysisError(f"{spec!r}: D = C / 6N = {point['D']:g} is not a positive finite "
+                          "number")
   if not {"N", "D"} <= set(point):
-    raise argparse.ArgumentTypeError(f"{spec!r}: needs N and D (or N and C)")
+    raise AnalysisError(f"{spec!r}: needs N and D (or N and C)")
+  if "U" in point and point["U"] > point["D"] * (1 + 1e-12):
+    raise AnalysisError(f"{spec!r}: U = {point['U']:g} exceeds D = {point['D']:g}: U counts "
+                        "the unique tokens among the D trained on (at most D)")
   return point
+
+
+def at_point(spec: str) -> dict[str, float]:
+  """`N=..,D=..` or `N=..,C=..` (C = 6 N D), optionally `,U=..` (unique tokens, <= D), as
+  {"N", "D"[, "C"][, "U"]}, every value positive."""
+  try:
+    return nd_point(pairs(spec, AT_USAGE), spec)
+  except AnalysisError as e:
+    raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def law_params(spec: str) -> dict[str, float]:
+  """--params `E=1.69,A=406.4,...`: a law's named parameters (checked against the law once
+  it is known)."""
+  params = pairs(spec)
+  for key, v in params.items():
+    if not math.isfinite(v):
+      raise argparse.ArgumentTypeError(f"{spec!r}: {key} must be finite, got {v}")
+  return params
 
 
 def check_output_dir(path: str, flag: str) -> None:
@@ -93,3 +135,10 @@ def check_output_dir(path: str, flag: str) -> None:
     raise AnalysisError(f"{flag} {path}: {existing} is not a directory")
   if not os.access(existing, os.W_OK):
     raise AnalysisError(f"{flag} {path}: {existing} is not writable")
+
+
+def check_output_file(path: str, flag: str) -> None:
+  """Refuses a file path that is a directory or whose directory cannot be written."""
+  if os.path.isdir(path):
+    raise AnalysisError(f"{flag} {path}: is a directory; give a file name")
+  check_output_dir(os.path.dirname(os.path.abspath(path)), flag)

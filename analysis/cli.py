@@ -19,17 +19,21 @@ import sys
 import warnings
 
 from analysis import compute_optimal, pipeline
-from analysis.arguments import (at_point, check_output_dir, count, fraction, positive_int,
-                                positive_number, replicates)
+from analysis.arguments import (at_point, check_output_dir, check_output_file, count,
+                                fraction, law_params, pairs, positive_int, positive_number,
+                                replicates)
 from analysis.pipeline import jsonable
 from analysis.validate import AnalysisError
 
 LND = ("chinchilla", "overtrain")
+# Laws of N, D and the unique tokens U (Muennighoff et al.; analysis/constrained.py).
+U_LAWS = ("data_constrained",)
 
 
 def cmd_fit(args) -> dict:
   data = pipeline.load_data(args)
   names = list(LND) if args.law == "auto" else [args.law]
+  names = pipeline.law_names(args, data, names)  # auto: + data_constrained when U is known
   results = {name: pipeline.fit_report(name, data, args, replicates=args.bootstrap,
                                        backtest=not args.no_backtest) for name in names}
   if args.law == "auto":
@@ -50,6 +54,9 @@ def cmd_fit(args) -> dict:
               f"N={p['N']:.3g}, D={p['D']:.3g}") for p in report.get("predict", [])]
     report["plots"] = report.get("plots", []) + plots.fit_plots(fitted.fit, fitted.boot,
                                                                 args.plot_dir, marks)
+  if args.save:  # the chosen fit, its bootstrap and runs, for forecast/plan --law-file
+    from analysis import lawfile
+    report["saved"] = lawfile.save(args.save, fitted, data, args)
   return report
 
 
@@ -61,6 +68,11 @@ def cmd_plan(args) -> dict:
   return pipeline.plan(args)
 
 
+def cmd_predict(args) -> dict:
+  from analysis import lawfile
+  return lawfile.predict(args)
+
+
 def cmd_report(args) -> dict:
   from analysis import report
   return report.build(args)
@@ -70,6 +82,8 @@ def cmd_report(args) -> dict:
 
 def check_args(args) -> None:
   """What one argument's type cannot check: combinations, output directories."""
+  if args.command == "predict":  # no data: its checks need the law (lawfile.predict)
+    return
   if args.d_col and args.c_col:
     raise AnalysisError("give --d-col or --c-col, not both")
   if args.command == "fit" and args.law == "auto" and args.no_backtest:
@@ -82,6 +96,10 @@ def check_args(args) -> None:
     check_output_dir(args.plot_dir, "--plot-dir")
   if getattr(args, "out", None):
     check_output_dir(args.out, "--out")
+  if getattr(args, "save", None):
+    check_output_file(args.save, "--save")
+  if getattr(args, "law_file", None) and not os.path.isfile(args.law_file):
+    raise AnalysisError(f"--law-file {args.law_file}: no such file")
 
 
 # ---------------------------------------------------------------- parser
@@ -90,7 +108,17 @@ def _unique_tokens_arg(p):
   p.add_argument("--unique-tokens", type=positive_number, default=None, metavar="T",
                  help="distinct tokens in one epoch of the training data: the validity "
                       "checks then report epochs per run (warn above 4); overrides a "
-                      "registry's unique_tokens / epochs columns")
+                      "registry's unique_tokens / epochs columns; data_constrained: each run "
+                      "sees min(T, D) unique tokens, and forecasts and plans assume T")
+  p.add_argument("--u-col", default=None, metavar="COL",
+                 help="data_constrained: the unique tokens each run trained on (<= D); "
+                      "default: min(D, the registry's unique_tokens or --unique-tokens)")
+
+
+def _law_file_arg(p):
+  p.add_argument("--law-file", default=None, metavar="FILE",
+                 help="reuse the fit saved by `fit --save FILE` (law, bootstrap, runs) "
+                      "instead of fitting; no --csv/--runs")
 
 
 def _heldout_arg(p):
@@ -136,16 +164,20 @@ def build_parser() -> argparse.ArgumentParser:
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   fit = sub.add_parser("fit", help="fit an L(N, D) law")
   _data_args(fit)
-  fit.add_argument("--law", choices=[*LND, "auto"], default="chinchilla")
+  fit.add_argument("--law", choices=[*LND, *U_LAWS, "auto"], default="chinchilla")
   fit.add_argument("--at", action="append", type=at_point, default=[], metavar="N=..,D=..",
                    help="predict at this point (repeatable)")
   fit.add_argument("--no-backtest", action="store_true")
   fit.add_argument("--plot-dir", default=None)
+  fit.add_argument("--save", default=None, metavar="FILE",
+                   help="write the fit (with its bootstrap and runs) to FILE, a law file for "
+                        "forecast/plan --law-file")
   _unique_tokens_arg(fit)
   fit.set_defaults(func=cmd_fit)
   fc = sub.add_parser("forecast", help="loss (and FID) with intervals at new N, D or C")
   _data_args(fc)
-  fc.add_argument("--law", choices=LND, default="chinchilla")
+  fc.add_argument("--law", choices=[*LND, *U_LAWS], default="chinchilla")
+  _law_file_arg(fc)
   fc.add_argument("--at", action="append", type=at_point, default=[], metavar="N=..,D=..")
   fc.add_argument("--flops", action="append", type=positive_number, default=[],
                   help="compute-optimal forecast at this FLOP budget (repeatable)")
@@ -155,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
   plan = sub.add_parser("plan", help="N_opt, D_opt, loss/FID and wall time for a budget")
   _data_args(plan)
   plan.add_argument("--flops", dest="plan_flops", type=positive_number, required=True)
-  plan.add_argument("--law", choices=LND, default="chinchilla")
+  plan.add_argument("--law", choices=[*LND, *U_LAWS], default="chinchilla")
+  _law_file_arg(plan)
   _hardware_args(plan)
   _unique_tokens_arg(plan)
   plan.set_defaults(func=cmd_plan, no_backtest=True)
@@ -175,6 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
   _hardware_args(rep)
   _unique_tokens_arg(rep)
   rep.set_defaults(func=cmd_report, no_backtest=False)
+  pred = sub.add_parser("predict", help="evaluate a law at given parameters (a published "
+                                        "law, say) at N, D[, U] points; no data, no fit")
+  pred.add_argument("--law", required=True, help="chinchilla, overtrain, data_constrained, ...")
+  pred.add_argument("--params", type=law_params, required=True, metavar="K=V,...",
+                    help="every parameter of the law by name (E=..,A=..; e^X for exp(X))")
+  pred.add_argument("--at", action="append", type=pairs, required=True,
+                    metavar="N=..,D=..[,U=..]", help="a point (repeatable)")
+  pred.add_argument("--json", action="store_true", help="print JSON")
+  pred.set_defaults(func=cmd_predict)
   return parser
 
 

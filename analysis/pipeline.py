@@ -5,7 +5,8 @@ commands print). cli.py reads the arguments and prints; report.py writes report.
 Data come from `--csv FILE` or `--runs DIR` (a registry read by `load_runs`); columns are
 chosen by role: `--n-col` (parameters N), `--d-col` (tokens D) or `--c-col` (FLOPs C, with
 D = C / (6 N)), `--loss-col`, `--fid-col`. A registry's `sweep.budget` groups IsoFLOP runs
-by budget, and its `unique_tokens` / `epochs` columns give the data repetition.
+by budget, and its `unique_tokens` / `epochs` columns give the data repetition (or `--u-col`,
+or `--unique-tokens T`): the data-constrained law takes U = the unique tokens a run saw.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from analysis import compute_optimal, laws, validity
+from analysis import compute_optimal, constrained, laws, validity
 from analysis.fitting import Fit, fit_law
 from analysis.uncertainty import Backtest, Bootstrap, bootstrap, leave_largest_out
 from analysis.validate import AnalysisError
@@ -61,16 +62,21 @@ def data_column(table: pd.DataFrame, name: str, flag: str) -> np.ndarray:
   values = column(table, name, flag)
   bad = np.isnan(values)
   if bad.any():
-    if "run_dir" in table.columns:
-      where = list(table["run_dir"][bad].astype(str))
-      unit = "run"
-    else:
-      where = [str(i + 2) for i in table.index[bad]]  # line 1 is the header
-      unit = "CSV line"
-    shown = ", ".join(where[:5]) + (f" and {len(where) - 5} more" if len(where) > 5 else "")
-    raise AnalysisError(f"{flag} {name!r} is missing or not a number (NaN) in {len(where)} "
-                        f"{unit}(s): {shown}")
+    raise AnalysisError(f"{flag} {name!r} is missing or not a number (NaN) in "
+                        f"{rows_named(table, bad)}")
   return values
+
+
+def rows_named(table: pd.DataFrame, bad: np.ndarray) -> str:
+  """'3 run(s): a, b, c' (a registry) or '2 CSV line(s): 4, 9': the rows where `bad`."""
+  if "run_dir" in table.columns:
+    where = list(table["run_dir"][bad].astype(str))
+    unit = "run"
+  else:
+    where = [str(i + 2) for i in table.index[bad]]  # line 1 is the header
+    unit = "CSV line"
+  shown = ", ".join(where[:5]) + (f" and {len(where) - 5} more" if len(where) > 5 else "")
+  return f"{len(where)} {unit}(s): {shown}"
 
 
 def nd_inputs(table, args) -> dict[str, np.ndarray]:
@@ -129,8 +135,65 @@ def load_data(args) -> Data:
   table = read_table(args)
   inputs = nd_inputs(table, args)
   y = data_column(table, args.loss_col, "--loss-col")
-  return Data(table, inputs, y, sweep_budgets(table),
-              unique_tokens(table, inputs["D"], getattr(args, "unique_tokens", None)))
+  if getattr(args, "u_col", None):  # the unique tokens each run saw: at most its D
+    unique = data_column(table, args.u_col, "--u-col")
+    over = unique > inputs["D"] * (1 + 1e-9)
+    if over.any():
+      raise AnalysisError(f"--u-col {args.u_col!r} exceeds the tokens D in "
+                          f"{rows_named(table, over)}: U counts the unique tokens among the D a "
+                          "run trained on (for a data set's distinct tokens an epoch, use the "
+                          "registry's unique_tokens or --unique-tokens T)")
+  else:
+    unique = unique_tokens(table, inputs["D"], getattr(args, "unique_tokens", None))
+  return Data(table, inputs, y, sweep_budgets(table), unique)
+
+
+# ---------------------------------------------------------------- laws with U
+
+def needs_unique(law_name: str) -> bool:
+  return law_name in laws.LNDU_LAWS
+
+
+def unique_known(data: Data) -> bool:
+  return data.unique_tokens is not None and bool(np.isfinite(data.unique_tokens).all())
+
+
+def law_inputs(law: laws.Law, data: Data) -> dict[str, np.ndarray]:
+  """The runs' N, D and, for a law of U, the unique tokens each saw: min(U, D)."""
+  if "U" not in law.inputs:
+    return dict(data.inputs)
+  if not unique_known(data):
+    missing = ("" if data.unique_tokens is None else
+               f" (unknown for {rows_named(data.table, ~np.isfinite(data.unique_tokens))})")
+    raise AnalysisError(f"--law {law.name} needs each run's unique tokens U{missing}: give "
+                        "--u-col COL, --unique-tokens T (distinct tokens an epoch, every run) "
+                        "or a registry whose summary.json has unique_tokens or epochs")
+  return {**data.inputs, "U": np.minimum(data.unique_tokens, data.inputs["D"])}
+
+
+def law_names(args, data: Data, names: list[str]) -> list[str]:
+  """The laws `fit` fits: `names` (--law, or the L(N, D) laws for auto), and for auto the
+  laws of U too when every run's U is known. Points (--at) get U from --unique-tokens T
+  (min(T, D)) when one of those laws needs it, and are refused without it, before any fit."""
+  if args.law == "auto" and unique_known(data):
+    names = [*names, *laws.LNDU_LAWS]
+  args.at = with_unique(args.at, args, any(needs_unique(n) for n in names))
+  return names
+
+
+def with_unique(points: list[dict], args, needed: bool) -> list[dict]:
+  if not needed:
+    return points
+  out = []
+  for p in points:
+    if "U" not in p:
+      if getattr(args, "unique_tokens", None) is None:
+        raise AnalysisError(f"--at N={p['N']:g},D={p['D']:g}: the data_constrained law needs "
+                            "the unique tokens U a run trains on: add U=... (at most D) or "
+                            "give --unique-tokens T")
+      p = {**p, "U": min(args.unique_tokens, p["D"])}
+    out.append(p)
+  return out
 
 
 # ---------------------------------------------------------------- fits
@@ -153,20 +216,41 @@ def extrapolation(fit: Fit, point: dict[str, float]) -> dict:
 
 
 def predictions(fit: Fit, boot: Bootstrap | None, points) -> list[dict]:
+  """Loss (and its 95% interval) at each point; under a law of U, also what repetition
+  costs there (`repetition`: epochs, effective epochs, the loss were every token unique)."""
   out = []
   for point in points:
+    if not set(fit.law.inputs) <= set(point):
+      raise AnalysisError(f"{fit.law.name} needs {', '.join(fit.law.inputs)} at every point; "
+                          f"got {', '.join(k for k in point if k in 'NDCU')}")
     inputs = {k: np.array([point[k]]) for k in fit.law.inputs}
     row = {**point, "loss": float(fit.predict(inputs)[0]),
            "extrapolation": extrapolation(fit, point)}
     if boot is not None:
       lo, hi = boot.predict_interval(inputs)
       row["interval_95"] = [float(lo[0]), float(hi[0])]
+    if "U" in fit.law.inputs:
+      rep = {k: float(v) for k, v in constrained.repetition(
+          fit.params, point["N"], point["D"], point["U"]).items()}
+      rep["loss_if_unique"] = float(fit.predict({**inputs, "U": inputs["D"]})[0])
+      rep["gain_if_unique"] = row["loss"] - rep["loss_if_unique"]
+      row["repetition"] = rep
     out.append(row)
   return out
 
 
-def optimal_point(fit: Fit, flops: float) -> dict[str, float]:
-  """The compute-optimal (N, D) of a budget under the fitted law."""
+def optimal_point(fit: Fit, flops: float, unique: float | None = None) -> dict:
+  """The compute-optimal (N, D) of a budget under the fitted law. Under a law of U with
+  `unique` tokens available: the best split when data repeat, and `budget`, what more
+  epochs and more data are worth there (constrained.budget_choice); without `unique`, the
+  split with unlimited unique data."""
+  if "U" in fit.law.inputs:
+    if unique is None:
+      best = constrained.best_split(fit.params, flops, None)
+      return {"N": best["N"], "D": best["D"], "U": best["U"], "C": flops}
+    choice = constrained.budget_choice(fit.params, flops, unique)
+    best = choice["best"]
+    return {"N": best["N"], "D": best["D"], "U": best["U"], "C": flops, "budget": choice}
   n = float(allocation_of(fit).n_opt(flops))
   return {"N": n, "D": flops / (6 * n), "C": flops}
 
@@ -183,7 +267,7 @@ def unseen_terms(fit: Fit) -> list[str]:
   not depend on N) and nothing that depends on them is determined by the data."""
   p, n, d, y = fit.params, fit.inputs["N"], fit.inputs["D"], fit.y
   with np.errstate(over="ignore", under="ignore"):
-    if fit.law.name == "chinchilla":
+    if fit.law.name in ("chinchilla", "data_constrained"):
       terms = [("N", "A / N^alpha", f"alpha = {p['alpha']:.3g}", p["A"] * n ** -p["alpha"]),
                ("D", "B / D^beta", f"beta = {p['beta']:.3g}", p["B"] * d ** -p["beta"])]
     else:
@@ -192,13 +276,32 @@ def unseen_terms(fit: Fit) -> list[str]:
           f"{TERM_FRACTION:.1%} of the loss at every run ({exponent}), so that exponent, the "
           f"allocation and forecasts that vary {role} are not determined by the data. Add runs "
           f"that vary {role}, or check the columns."
-          for role, term, exponent, value in terms if np.all(value < TERM_FRACTION * y)]
+          for role, term, exponent, value in terms if np.all(value < TERM_FRACTION * y)] + \
+      unseen_repetition(fit)
+
+
+def unseen_repetition(fit: Fit) -> list[str]:
+  """Warnings for a law of U whose runs never repeat data (R_D* then stays where its start
+  put it) or never exceed N_opt(U) (R_N* likewise)."""
+  if "U" not in fit.law.inputs:
+    return []
+  p, n, d, u = fit.params, fit.inputs["N"], fit.inputs["D"], fit.inputs["U"]
+  out = []
+  if np.all(d <= u * (1 + 1e-9)):
+    out.append(f"{fit.law.name}: no run repeats data (D <= U at every run), so R_D* = "
+               f"{p['rd_star']:.3g} is not determined by the data, nor are forecasts that "
+               "repeat it. Add runs of several epochs.")
+  if np.all(n <= constrained.n_opt_for_unique(p, u)):
+    out.append(f"{fit.law.name}: no run has more parameters than N_opt(U), the compute-optimal "
+               f"size for its unique tokens, so R_N* = {p['rn_star']:.3g} is not determined by "
+               "the data. Add larger models on few unique tokens.")
+  return out
 
 
 def fit_lnd(law_name: str, inputs, y, args) -> tuple[Fit, list[str]]:
   """Fits an L(N, D) law, with E fixed when --fix-e is given; returns the fit and warnings
   about what the data cannot tell (reports carry them under `warnings`)."""
-  law = laws.LND_LAWS[law_name]
+  law = laws.law_by_name(law_name)
   if args.fix_e is not None:
     lowest = float(np.nanmin(y))
     if not 0 < args.fix_e < lowest:
@@ -249,7 +352,8 @@ def fit_report(law_name: str, data: Data, args, *, replicates: int,
                backtest: bool) -> Fitted:
   """The fit with `replicates` bootstrap refits (0: none), both allocation estimates and,
   if `backtest`, the leave-largest-out backtest (its plot goes to --plot-dir or --out)."""
-  fit, notes = fit_lnd(law_name, data.inputs, data.y, args)
+  inputs = law_inputs(laws.law_by_name(law_name), data)
+  fit, notes = fit_lnd(law_name, inputs, data.y, args)
   law = fit.law
   report = {"law": law.name, "formula": law.formula, **fit.params,
             "objective": fit.objective, "num_points": int(len(data.y)),
@@ -268,7 +372,7 @@ def fit_report(law_name: str, data: Data, args, *, replicates: int,
   minima, report["approach2"] = approach2_report(data, replicates, args.seed)
   bt = None
   if backtest:
-    bt = leave_largest_out(law, data.inputs, data.y, seed=args.seed)
+    bt = leave_largest_out(law, inputs, data.y, seed=args.seed)
     report["backtest"] = bt.to_dict()
     out = getattr(args, "plot_dir", None) or getattr(args, "out", None)
     if out:
@@ -276,6 +380,16 @@ def fit_report(law_name: str, data: Data, args, *, replicates: int,
       report.setdefault("plots", []).append(
           plots.backtest_plot(bt, os.path.join(out, f"backtest_{law.name}.png")))
   return Fitted(fit, boot, bt, minima, report)
+
+
+def repetition_check(fit: Fit, d, unique) -> dict:
+  """Check (f). A law of U models repeated data (D', R_D*), so many epochs are what it is
+  for: they pass, and the detail says so."""
+  record = validity.check_repetition(d, unique)
+  if "U" in fit.law.inputs and record["status"] == "warn":
+    record = {**record, "status": "pass",
+              "detail": f"{record['detail']}; {fit.law.name} models the repetition (D', R_D*)"}
+  return record
 
 
 def validity_checks(fitted: Fitted, data: Data, args, flops=None) -> list[dict]:
@@ -302,7 +416,7 @@ def validity_checks(fitted: Fitted, data: Data, args, flops=None) -> list[dict]:
                                skipped=a2.get("skipped"), num_budgets=a2.get("num_budgets")),
       validity.check_backtest(None if bt is None else bt.relative_errors,
                               None if bt is None else bt.coverage, skipped=no_backtest),
-      validity.check_repetition(d, data.unique_tokens),
+      repetition_check(fit, d, data.unique_tokens),
   ] + ([validity.check_fd_signal(y, column(data.table, args.fid_col, "--fid-col"),
                                  args.fid_col)] if getattr(args, "fid_col", None) else [])
 
@@ -336,16 +450,33 @@ def fid_forecast(fid: tuple[Fit, Bootstrap], losses) -> dict:
 def forecast(args) -> tuple[dict, Data]:
   """Loss (and FID) with 95% intervals at --at points and compute-optimal --flops budgets;
   validity checks with support over the compute range forecast; with --heldout DIR, the
-  runs there forecast and compared with what they measured (analysis/heldout.py)."""
+  runs there forecast and compared with what they measured (analysis/heldout.py).
+  With --law-file FILE the fit, its bootstrap and its runs come from FILE (`fit --save`):
+  nothing is refitted."""
   from analysis import heldout
-  data = load_data(args)
+  law_file = getattr(args, "law_file", None)
+  if law_file:
+    from analysis import lawfile
+    check_law_file_args(args)
+    data, fitted = lawfile.load(law_file, args)
+    law_name = fitted.fit.law.name
+  else:
+    data, fitted, law_name = load_data(args), None, args.law
+  args.at = with_unique(list(args.at), args, needs_unique(law_name))
   held_dir = getattr(args, "heldout", None)
+  if held_dir and needs_unique(law_name):
+    raise AnalysisError(f"--heldout with --law {law_name} is not supported yet (the held-out "
+                        "runs' U is not read); use --law chinchilla or overtrain")
   held = heldout.load(held_dir, args) if held_dir else None  # a mistake costs no fit
   replicates = args.bootstrap or 200
-  fitted = fit_report(args.law, data, args, replicates=replicates, backtest=False)
+  if fitted is None:
+    fitted = fit_report(law_name, data, args, replicates=replicates, backtest=False)
   fit = fitted.fit
-  points = list(args.at) + [optimal_point(fit, c) for c in args.flops or []]
+  unique = getattr(args, "unique_tokens", None)
+  points = list(args.at) + [optimal_point(fit, c, unique) for c in args.flops or []]
   report = {"law": fit.law.name, **fit.params, "predict": predictions(fit, fitted.boot, points)}
+  if law_file:
+    report["law_file"] = law_file
   if "warnings" in fitted.report:
     report["warnings"] = fitted.report["warnings"]
   fid = fid_map(data, args, replicates) if args.fid_col else None
@@ -357,6 +488,18 @@ def forecast(args) -> tuple[dict, Data]:
     asked += [r["flops"] for r in report["heldout"]["runs"]]
   report["validity"] = validity_checks(fitted, data, args, asked)
   return report, data
+
+
+def check_law_file_args(args) -> None:
+  """--law-file brings its own fit and runs: flags that would choose others are mistakes."""
+  clash = [flag for flag, given in (("--csv", args.csv), ("--runs", args.runs),
+                                    ("--fid-col", args.fid_col),
+                                    ("--fix-e", args.fix_e is not None),
+                                    ("--u-col", getattr(args, "u_col", None)),
+                                    ("--drop-top-loss", args.drop_top_loss)) if given]
+  if clash:
+    raise AnalysisError(f"--law-file {args.law_file} reuses a saved fit and its runs: drop "
+                        f"{', '.join(clash)} (or fit again without --law-file)")
 
 
 def plan_of(row: dict, args, trained: dict[str, np.ndarray]) -> dict:
@@ -377,8 +520,15 @@ def plan(args) -> dict:
   report, data = forecast(args)
   out = plan_of(report["predict"][0], args, data.inputs)
   out["flops"] = args.plan_flops
+  row = report["predict"][0]
+  if "U" in row:  # a law of U: the plan's unique tokens, epochs, more data vs more epochs
+    out.update(U=row["U"], repetition=row["repetition"])
+    if "budget" in row:
+      out["data_limit"] = row["budget"]
   out.update({"fid": report.get("fid"), "law": report["law"],
               "validity": report["validity"]})
+  if "law_file" in report:
+    out["law_file"] = report["law_file"]
   if "warnings" in report:
     out["warnings"] = report["warnings"]
   return out
