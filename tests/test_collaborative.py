@@ -59,8 +59,9 @@ def models():
 def _pyramid(model, params, tokenizer, tok_params, protocol, refiner_model, refiner_params,
              switch):
   refiner = None if refiner_model is None else (refiner_model, refiner_params)
+  # An rbg key: XLA:CPU compiles its sampler a third faster than threefry's (any key works)
   return sampling.sample_indices(model, params, tokenizer, tok_params, LABELS,
-                                 jax.random.key(3), protocol, refiner, switch)[0]
+                                 jax.random.key(3, impl="rbg"), protocol, refiner, switch)[0]
 
 
 def pyramid(models, protocol, drafter="A", refiner=None, switch=None):
@@ -75,7 +76,7 @@ def assert_same(a, b):
 
 @pytest.mark.parametrize("protocol, switch", [(GREEDY, 1), (SEEDED, 2)])
 def test_same_model_on_both_sides_equals_plain_sampling(models, protocol, switch):
-  assert_same(pyramid(models, protocol, "A", "A", switch), pyramid(models, protocol))
+  assert_same(pyramid(models, protocol, "B", "B", switch), pyramid(models, protocol, "B"))
 
 
 def test_switch_at_either_end_is_one_model_alone(models):

@@ -192,7 +192,15 @@ def _cmd_sample(args) -> None:
   if (args.refiner is None) != (args.switch_scale is None):
     raise VarjaxError("collaborative sampling needs both --refiner DIR and --switch-scale K "
                       "(the drafter --var samples the K scales before it, the refiner the rest)")
+  _check_search_flags(args)
   _check_image_out(args.out)
+  if args.best_of is not None:
+    from varjax.eval import verifiers
+    from varjax.models import search
+    search.check_search(args.best_of,
+                        len(store.read_model_config(args.var, "VAR model").model.patch_nums),
+                        args.search_scales or (), args.keep)
+    verifier = verifiers.ClassConfidence(args.verifier)
   refiner = None
   if args.refiner:
     drafter_cfg = store.read_model_config(args.var, "VAR model")
@@ -209,22 +217,75 @@ def _cmd_sample(args) -> None:
   labels = np.repeat(np.asarray(args.labels, np.int64), args.per_label)
   protocol = sampling.SamplingProtocol(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
                                        seed=args.seed)
+  if args.best_of is not None:
+    verifier.check(cfg.model.num_classes, tok_cfg.data.resolution)
   batches = range(0, len(labels), args.batch_size)
-  images = [np.asarray(sampling.sample_images(model, params, tokenizer, {"params": tok_params},
-                                              labels[i:i + args.batch_size], protocol,
-                                              batch_index=i // args.batch_size,
-                                              refiner=refiner, switch=args.switch_scale))
-            for i in progress.bar(batches, desc="sampling", unit="batch",
-                                  enabled=None if len(batches) > 1 else False)]
+  images, results = [], []
+  for i in progress.bar(batches, desc="sampling", unit="batch",
+                        enabled=None if len(batches) > 1 else False):
+    batch, b = labels[i:i + args.batch_size], i // args.batch_size
+    if args.best_of is None:
+      images.append(np.asarray(sampling.sample_images(
+          model, params, tokenizer, {"params": tok_params}, batch, protocol, batch_index=b,
+          refiner=refiner, switch=args.switch_scale)))
+      continue
+    if args.search_scales:
+      result = search.scale_search(model, params, tokenizer, {"params": tok_params}, batch,
+                                   args.best_of, verifier, args.search_scales, args.keep,
+                                   protocol, batch_index=b)
+    else:
+      result = search.best_of_k(model, params, tokenizer, {"params": tok_params}, batch,
+                                args.best_of, verifier, protocol, batch_index=b,
+                                refiner=refiner, switch=args.switch_scale)
+    images.append(result.images)
+    results.append(result)
   images = np.concatenate(images) * 2 - 1
+  search_record = None
+  if results:
+    scores = np.concatenate([r.scores for r in results])
+    candidates = np.concatenate([r.candidate_scores for r in results])
+    search_record = {
+        "method": "scale_wise" if args.search_scales else "best_of_k", "k": args.best_of,
+        **({"select_at": args.search_scales, "keep": args.keep} if args.search_scales else {}),
+        "verifier": verifier.name, "verifier_dir": args.verifier,
+        "sampling_flops_per_image": results[0].flops_per_image,
+        "verifier_calls_per_image": results[0].verifier_calls,
+        "scores": scores.tolist(), "candidate_scores": candidates.tolist()}
   path = preview.save_image_grid(images, args.out, columns=args.per_label)
   with open(os.path.splitext(path)[0] + ".json", "w") as f:
     json.dump({"var": args.var, "tokenizer": args.tokenizer, "labels": labels.tolist(),
                **vars(protocol),
                **({"refiner": args.refiner, "switch_scale": args.switch_scale}
-                  if refiner else {})}, f, indent=2)
+                  if refiner else {}),
+               **({"search": search_record} if search_record else {})}, f, indent=2)
   print(f"wrote {path} ({len(labels)} samples, one row per label; protocol in "
         f"{os.path.splitext(path)[0]}.json)")
+  if search_record:
+    what = (f"scale-wise search (keep {args.keep} of {args.best_of} after scales "
+            f"{','.join(map(str, args.search_scales))})" if args.search_scales
+            else f"best of {args.best_of}")
+    print(f"{what} by {verifier.name}: chosen mean score {scores.mean():.4f}, all candidates' "
+          f"{candidates.mean():.4f}; {search_record['sampling_flops_per_image']:.4g} sampling "
+          f"FLOPs per image ({args.best_of} samples), "
+          f"{search_record['verifier_calls_per_image']} verifier calls per image")
+
+
+def _check_search_flags(args) -> None:
+  """Search flags are refused together before any model is read."""
+  if args.best_of is None:
+    for flag, value in (("--verifier", args.verifier), ("--search-scales", args.search_scales),
+                        ("--keep", None if args.keep == 1 else args.keep)):
+      if value is not None:
+        raise VarjaxError(f"{flag} is a search option: add --best-of K")
+    return
+  if args.best_of < 1:
+    raise VarjaxError(f"--best-of must be >= 1 (samples per image), got {args.best_of}")
+  if not args.verifier:
+    raise VarjaxError("--best-of needs --verifier DIR (a feature network: `varjax eval "
+                      "features train`), whose class confidence scores the samples")
+  if args.search_scales and args.refiner:
+    raise VarjaxError("scale-wise search (--search-scales) samples with one model; with "
+                      "--refiner use best-of-K (drop --search-scales)")
 
 
 def _check_one_tokenizer(drafter_dir: str, drafter_cfg, refiner_dir: str, refiner_cfg) -> None:
@@ -466,6 +527,15 @@ def build_parser() -> argparse.ArgumentParser:
   sample.add_argument("--switch-scale", type=int, default=None,
                       help="K: --var drafts the K scales before it, --refiner builds its KV "
                            "cache from them (a prefill) and samples the rest")
+  sample.add_argument("--best-of", type=int, default=None,
+                      help="search: K samples per image, the best by --verifier is kept")
+  sample.add_argument("--verifier", default=None,
+                      help="feature-network directory; its class confidence scores samples")
+  sample.add_argument("--search-scales", type=_int_list, default=None,
+                      help="scale-wise search: after these scales keep the best --keep of the "
+                           "K partial samples and resample from them (e.g. 2,5)")
+  sample.add_argument("--keep", type=int, default=1,
+                      help="candidates kept per image at each --search-scales scale")
   sample.set_defaults(func=_cmd_sample)
   train = commands.add_parser(
       "train", help="one VAR training run into run.out_dir/run.name (resumable)",

@@ -197,9 +197,10 @@ def _sample_images(model, params, tokenizer, tokenizer_params, labels_B, key, pr
 
 def sample_images(model: VAR, params, tokenizer, tokenizer_params, labels_B,
                   protocol: SamplingProtocol = SamplingProtocol(), batch_index: int = 0,
-                  refiner=None, switch: int | None = None):
+                  refiner=None, switch: int | None = None, candidate: int = 0):
   """Images in [0, 1], [B, H, W, 3], for concrete labels (checked here: out-of-range labels
-  raise a VarjaxError). The key is fold_in(seed, batch_index), so batches are reproducible.
+  raise a VarjaxError). The key is fold_in(seed, batch_index), so batches are reproducible;
+  candidate j > 0 (search: further samples of the same batch) folds j into it as well.
   refiner = (VAR, params) and switch: collaborative decoding (see sample_indices)."""
   labels = check_labels(labels_B, model.cfg.num_classes)
   refiner_model, refiner_params = refiner if refiner is not None else (None, None)
@@ -209,6 +210,8 @@ def sample_images(model: VAR, params, tokenizer, tokenizer_params, labels_B,
   else:
     switch = None
   key = jax.random.fold_in(jax.random.key(protocol.seed), batch_index)
+  if candidate:
+    key = jax.random.fold_in(key, candidate)
   # The seed is in the key; keeping it out of the static protocol means one compile serves
   # every seed (an evaluation draws samples under several).
   return _sample_images(model, params, tokenizer, tokenizer_params, labels, key,
