@@ -348,7 +348,8 @@ def summary(report: dict, md_path: str) -> str:
   for r in report.get("forecasts", []):
     lines.append(f"forecast {point_name(r)}: loss {with_interval(r['loss'], r.get('interval_95'))}"
                  + (f", {fd} {with_interval(r.get('fid'), r.get('fid_interval_95'))}"
-                    if fd else "") + f" (N {_outside(r, 'N')}, D {_outside(r, 'D')})")
+                    if fd else "") + f" (N {_outside(r, 'N')}, D {_outside(r, 'D')}"
+                 + (f", C {_outside(r, 'C')})" if "C" in r["vs_trained"] else ")"))
   for r in report.get("heldout", {}).get("runs", []):
     lines.append(f"held-out {r['run']} ({point_name(r)}): loss {num(r['loss'])}, forecast "
                  f"{with_interval(r['loss_forecast'], r['loss_interval_95'])} "
