@@ -26,13 +26,16 @@ from analysis.pipeline import jsonable
 from analysis.validate import AnalysisError
 
 LND = ("chinchilla", "overtrain")
+# `fit` also takes Farseer (analysis/farseer.py); it has no constant floor for --fix-e.
+FIT_LAWS = (*LND, "farseer")
 # Laws of N, D and the unique tokens U (Muennighoff et al.; analysis/constrained.py).
 U_LAWS = ("data_constrained",)
 
 
 def cmd_fit(args) -> dict:
   data = pipeline.load_data(args)
-  names = list(LND) if args.law == "auto" else [args.law]
+  names = [n for n in FIT_LAWS if n != "farseer" or args.fix_e is None] \
+      if args.law == "auto" else [args.law]
   names = pipeline.law_names(args, data, names)  # auto: + data_constrained when U is known
   results = {name: pipeline.fit_report(name, data, args, replicates=args.bootstrap,
                                        backtest=not args.no_backtest) for name in names}
@@ -86,6 +89,9 @@ def check_args(args) -> None:
     return
   if args.d_col and args.c_col:
     raise AnalysisError("give --d-col or --c-col, not both")
+  if args.command == "fit" and args.law == "farseer" and args.fix_e is not None:
+    raise AnalysisError("--fix-e: farseer has no constant floor to fix (exp(a3 N^gamma + b3) "
+                        "varies with N)")
   if args.command == "fit" and args.law == "auto" and args.no_backtest:
     raise AnalysisError("--law auto chooses by backtest; drop --no-backtest")
   if args.command == "forecast" and not args.at and not args.flops and not args.heldout:
@@ -164,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   fit = sub.add_parser("fit", help="fit an L(N, D) law")
   _data_args(fit)
-  fit.add_argument("--law", choices=[*LND, *U_LAWS, "auto"], default="chinchilla")
+  fit.add_argument("--law", choices=[*FIT_LAWS, *U_LAWS, "auto"], default="chinchilla")
   fit.add_argument("--at", action="append", type=at_point, default=[], metavar="N=..,D=..",
                    help="predict at this point (repeatable)")
   fit.add_argument("--no-backtest", action="store_true")

@@ -52,10 +52,20 @@ def chinchilla_allocation(params: dict, flops_per_param_token: float = 6.0) -> A
                     flops_per_param_token=flops_per_param_token)
 
 
-def allocation_for(law_name: str, params: dict,
-                   flops_per_param_token: float = 6.0) -> Allocation:
+def trained_flops(inputs) -> tuple[float, float]:
+  """(min, max) of 6ND over the runs a law was fitted to."""
+  c = 6 * np.asarray(inputs["N"], np.float64) * np.asarray(inputs["D"], np.float64)
+  return float(c.min()), float(c.max())
+
+
+def allocation_for(law_name: str, params: dict, flops_per_param_token: float = 6.0,
+                   flops_range=None) -> Allocation:
   """Approach 3 for a fitted L(N, D) law: Chinchilla directly; the over-training form
-  through its Chinchilla equivalent (alpha = beta = 2 eta, A = a 6^-eta, B = b 6^-eta)."""
+  through its Chinchilla equivalent (alpha = beta = 2 eta, A = a 6^-eta, B = b 6^-eta);
+  Farseer numerically per budget, its a, b, G local to `flops_range` (farseer.allocation)."""
+  if law_name == "farseer":
+    from analysis import farseer  # farseer imports this module
+    return farseer.allocation(params, flops_per_param_token, flops_range)
   if law_name == "overtrain":
     eta = params["eta"]
     params = {"A": params["a"] * 6 ** -eta, "B": params["b"] * 6 ** -eta,

@@ -127,13 +127,16 @@ def _distinct_best(x_SxP: np.ndarray, f_S: np.ndarray, k: int) -> np.ndarray:
 def fit_law(law: Law, inputs: Mapping[str, np.ndarray], y: np.ndarray, *,
             delta: float = HUBER_DELTA, starts: np.ndarray | None = None,
             screen_iter: int = 60, keep: int = 256, max_iter: int = 3000) -> Fit:
-  """Fits `law` to y (positive) at `inputs` from every start (default: the law's grid)."""
+  """Fits `law` to y (positive) at `inputs` from every start (default: the law's
+  data-dependent starts, if it has them, then its grid)."""
   inputs = {k: np.asarray(inputs[k], np.float64) for k in law.inputs}
   y = np.asarray(y, np.float64)
   check_fit_data(law, inputs, y)
   feats = law.features(inputs)
   log_y = np.log(y)
   x0 = law.start_grid() if starts is None else np.atleast_2d(np.asarray(starts, np.float64))
+  if starts is None and law.data_starts is not None:
+    x0 = np.concatenate([law.data_starts(inputs, y), x0])
   n = len(y)
   if len(x0) > keep:
     screened = minimize_law(law, feats, log_y, x0, np.ones((len(x0), n)), delta=delta,

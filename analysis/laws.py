@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from analysis import farseer
+
 Features = tuple  # arrays derived once from the inputs (logs), passed to log_predict
 
 
@@ -44,6 +46,9 @@ class Law:
   positive_inputs: tuple[str, ...] | None = None  # None: every input must be > 0
   # The inverse of `public`: named parameters (as people quote them) -> theta.
   from_public: Callable[[Mapping[str, float]], np.ndarray] | None = None
+  # Starts that depend on the data (inputs by role, y), tried before `start_grid`: for
+  # laws whose parameters' scale follows the data's (Farseer's a N^p).
+  data_starts: Callable[[Mapping[str, np.ndarray], np.ndarray], np.ndarray] | None = None
 
   @property
   def num_params(self) -> int:
@@ -160,7 +165,17 @@ DATA_CONSTRAINED = Law(
                          "log rn_star"),
 )
 
-LND_LAWS = {"chinchilla": CHINCHILLA, "overtrain": OVERTRAIN}
+# Farseer (2025); formula, starts and allocation in analysis/farseer.py.
+FARSEER = Law(
+    name="farseer", formula=farseer.FORMULA, inputs=("N", "D"),
+    theta_names=farseer.THETA_NAMES, features=farseer.features,
+    log_predict=farseer.log_predict, public=farseer.public,
+    start_grid=lambda: np.empty((0, len(farseer.THETA_NAMES))),  # all from data_starts
+    from_public=lambda p: np.array([p[k] for k in farseer.THETA_NAMES], np.float64),
+    data_starts=farseer.starts,
+)
+
+LND_LAWS = {"chinchilla": CHINCHILLA, "overtrain": OVERTRAIN, "farseer": FARSEER}
 # Laws of N, D and the unique tokens U: fitted like LND_LAWS, with U as a third input.
 LNDU_LAWS = {"data_constrained": DATA_CONSTRAINED}
 

@@ -18,7 +18,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from analysis import compute_optimal, constrained, laws, validity
+from analysis import compute_optimal, constrained, farseer, laws, validity
 from analysis.fitting import Fit, fit_law
 from analysis.uncertainty import Backtest, Bootstrap, bootstrap, leave_largest_out
 from analysis.validate import AnalysisError
@@ -199,7 +199,8 @@ def with_unique(points: list[dict], args, needed: bool) -> list[dict]:
 # ---------------------------------------------------------------- fits
 
 def allocation_of(fit: Fit) -> compute_optimal.Allocation:
-  return compute_optimal.allocation_for(fit.law.name, fit.params)
+  return compute_optimal.allocation_for(fit.law.name, fit.params,
+                                        flops_range=compute_optimal.trained_flops(fit.inputs))
 
 
 def extrapolation(fit: Fit, point: dict[str, float]) -> dict:
@@ -270,6 +271,10 @@ def unseen_terms(fit: Fit) -> list[str]:
     if fit.law.name in ("chinchilla", "data_constrained"):
       terms = [("N", "A / N^alpha", f"alpha = {p['alpha']:.3g}", p["A"] * n ** -p["alpha"]),
                ("D", "B / D^beta", f"beta = {p['beta']:.3g}", p["B"] * d ** -p["beta"])]
+    elif fit.law.name == "farseer":
+      kappa = np.exp(p["a1"] * n ** p["alpha"] + p["b1"])
+      terms = [("D", "B(N) D^-kappa(N)", f"kappa(N) = {kappa.min():.3g}-{kappa.max():.3g}",
+                farseer.d_term(p, n, d))]
     else:
       terms = [("N or D", "L - E", f"eta = {p['eta']:.3g}", fit.predict(fit.inputs) - p["E"])]
   return [f"{fit.law.name}: the runs show no dependence on {role}: {term} is under "

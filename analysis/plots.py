@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from analysis import validity  # noqa: E402
-from analysis.compute_optimal import IsoFlopMinima, allocation_for  # noqa: E402
+from analysis.compute_optimal import IsoFlopMinima, allocation_for, trained_flops  # noqa: E402
 from analysis.fitting import Fit  # noqa: E402
 from analysis.uncertainty import Backtest, Bootstrap  # noqa: E402
 
@@ -50,7 +50,7 @@ def _save(fig, path: str) -> str:
 
 
 def _allocation(fit: Fit):
-  return allocation_for(fit.law.name, fit.params)
+  return allocation_for(fit.law.name, fit.params, flops_range=trained_flops(fit.inputs))
 
 
 # Margin around the trained compute range in the default plotted range.

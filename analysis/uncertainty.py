@@ -18,7 +18,7 @@ from typing import Mapping
 
 import numpy as np
 
-from analysis.compute_optimal import Allocation, allocation_for
+from analysis.compute_optimal import Allocation, allocation_for, trained_flops
 from analysis.fitting import Fit, fit_law, minimize_law
 from analysis.validate import AnalysisError
 
@@ -43,7 +43,8 @@ class Bootstrap:
     out = []
     for theta in self.thetas_KxP:
       try:
-        out.append((theta, allocation_for(self.fit.law.name, self.fit.law.public(theta))))
+        out.append((theta, allocation_for(self.fit.law.name, self.fit.law.public(theta),
+                                          flops_range=trained_flops(self.fit.inputs))))
       except AnalysisError:  # a replicate with a non-positive exponent has no optimum
         pass
     return out

@@ -99,7 +99,7 @@ def test_auto_law_reports_its_choice_and_each_candidates_backtest(tmp_path):
                  "N=1e8,C=1e19")
   assert out.returncode == 0, out.stderr
   report = json.loads(out.stdout)
-  assert set(report["candidates"]) == {"chinchilla", "overtrain"}
+  assert set(report["candidates"]) == {"chinchilla", "overtrain", "farseer"}
   errors = {k: v["backtest"]["mean_relative_error"] for k, v in report["candidates"].items()}
   assert report["law"] == min(errors, key=errors.get)
   assert len(report["predict"]) == 2
