@@ -223,14 +223,19 @@ def build_parser() -> argparse.ArgumentParser:
                     metavar="N=..,D=..[,U=..]", help="a point (repeatable)")
   pred.add_argument("--json", action="store_true", help="print JSON")
   pred.set_defaults(func=cmd_predict)
+  from analysis import extrapolate
+  extrapolate.add_parser(sub)
   return parser
 
 
 def _print(report: dict, as_json: bool) -> None:
   report = jsonable(report)
   if as_json:
-    print(json.dumps({k: v for k, v in report.items() if k != "report_md"}, indent=2,
-                     allow_nan=False))
+    print(json.dumps({k: v for k, v in report.items() if k not in ("report_md", "text")},
+                     indent=2, allow_nan=False))
+    return
+  if "text" in report:  # a command that formats its own table (extrapolate)
+    print(report["text"])
     return
   if "report_md" in report:  # `report`: a summary; the rest is in report.md
     from analysis import report_md

@@ -126,9 +126,12 @@ def _distinct_best(x_SxP: np.ndarray, f_S: np.ndarray, k: int) -> np.ndarray:
 
 def fit_law(law: Law, inputs: Mapping[str, np.ndarray], y: np.ndarray, *,
             delta: float = HUBER_DELTA, starts: np.ndarray | None = None,
-            screen_iter: int = 60, keep: int = 256, max_iter: int = 3000) -> Fit:
+            screen_iter: int = 60, keep: int = 256, max_iter: int = 3000,
+            weights: np.ndarray | None = None) -> Fit:
   """Fits `law` to y (positive) at `inputs` from every start (default: the law's
-  data-dependent starts, if it has them, then its grid)."""
+  data-dependent starts, if it has them, then its grid). `weights` (float64[n], default 1)
+  multiply each point's Huber term: zero-weight copies pad data to a size whose program is
+  already compiled (analysis/extrapolate.py)."""
   inputs = {k: np.asarray(inputs[k], np.float64) for k in law.inputs}
   y = np.asarray(y, np.float64)
   check_fit_data(law, inputs, y)
@@ -138,14 +141,15 @@ def fit_law(law: Law, inputs: Mapping[str, np.ndarray], y: np.ndarray, *,
   if starts is None and law.data_starts is not None:
     x0 = np.concatenate([law.data_starts(inputs, y), x0])
   n = len(y)
+  w = np.ones(n) if weights is None else np.asarray(weights, np.float64)
   if len(x0) > keep:
-    screened = minimize_law(law, feats, log_y, x0, np.ones((len(x0), n)), delta=delta,
+    screened = minimize_law(law, feats, log_y, x0, np.tile(w, (len(x0), 1)), delta=delta,
                             max_iter=screen_iter, desc=f"{law.name}: screen {len(x0)} starts")
     x_keep = screened.x_SxP[np.argsort(np.where(np.isfinite(screened.f_S),
                                                 screened.f_S, np.inf))[:keep]]
   else:
     x_keep = x0
-  final = minimize_law(law, feats, log_y, x_keep, np.ones((len(x_keep), n)), delta=delta,
+  final = minimize_law(law, feats, log_y, x_keep, np.tile(w, (len(x_keep), 1)), delta=delta,
                        max_iter=max_iter, desc=f"{law.name}: fit {len(x_keep)} starts")
   f = np.where(np.isfinite(final.f_S), final.f_S, np.inf)
   best = int(np.argmin(f))

@@ -1,0 +1,503 @@
+"""Learning-curve extrapolation: a run's final eval and train loss from the first part of
+its curve, with 95% intervals; and a backtest of the methods over a registry.
+
+Methods, each a law fitted by `fit_law` (Huber on log residuals, multi-start):
+
+    lr_annealing  L = L0 + A S1^-alpha - C S2 (Tissue et al. 2024; analysis.laws.ANNEALING),
+                  S1 and S2 from the run's own lr schedule up to its last step. The default:
+                  the only method that knows the schedule ahead.
+    pow3          L = c + a step^-alpha      (LC-PFN's pow3, Adriaensen et al. 2023, for a
+    log_power     L = a / (1 + (step / e^b)^c)   falling loss; both ignore the schedule)
+
+C S2 is fitted only once the prefix holds an lr decrease: before it (a WSD run in its
+stable phase, a constant schedule) S2 is 0 at every point and C cannot be told from the
+data, so C = 0 and the forecast carries no gain from the decay to come (stated in
+`notes`).
+
+A split with more prefix points than the law has parameters is fitted directly; eval loss
+logged too rarely for that (runs evaluate every 1000 steps) is forecast as the train fit
+times exp(mean log(eval / train fit)) over the eval points in the prefix, and skipped
+without any. Intervals: pairs bootstrap of the fit plus a resampled residual, as
+`forecast` does (analysis.uncertainty); points of one curve are correlated, so they are
+narrower than they should be.
+
+Curves come from a run directory (config.json gives the schedule through varjax's own
+`lr_schedule`; metrics.jsonl the points, a warm-started run's including its trunk's) or
+from a metrics file (JSONL records, or a CSV with step, loss and optionally split) with
+the schedule from flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from analysis.fitting import fit_law
+from analysis.laws import ANNEALING, Law, annealing_areas
+from analysis.runs import run_dirs
+from analysis.uncertainty import bootstrap
+from analysis.validate import AnalysisError
+
+METHODS = ("lr_annealing", "pow3", "log_power")
+FRACTIONS = (0.1, 0.2, 0.3, 0.5)
+SPLITS = ("eval", "train")
+MOMENTUM = 0.999  # S2's, as in laws.annealing_areas and Tissue et al.
+
+
+def _grid(*axes) -> np.ndarray:
+  return np.array(np.meshgrid(*axes, indexing="ij")).reshape(len(axes), -1).T
+
+
+POW3 = Law(
+    name="pow3", formula="L = c + a step^-alpha", inputs=("step",),
+    theta_names=("log_a", "log_c", "alpha"),
+    features=lambda d: (np.log(np.asarray(d["step"], np.float64)),),
+    log_predict=lambda t, f: jnp.logaddexp(t[0] - t[2] * f[0], t[1]),
+    public=lambda t: {"c": float(np.exp(t[1])), "a": float(np.exp(t[0])),
+                      "alpha": float(t[2])},
+    start_grid=lambda: _grid(np.arange(-2, 12, 2.0), np.arange(-2, 3, 0.5),
+                             np.array([0.1, 0.3, 0.6, 1.0, 1.5])),
+)
+
+LOG_POWER = Law(
+    name="log_power", formula="L = a / (1 + (step / e^b)^c)", inputs=("step",),
+    theta_names=("log_a", "b", "c"),
+    features=lambda d: (np.log(np.asarray(d["step"], np.float64)),),
+    log_predict=lambda t, f: t[0] - jax.nn.softplus(t[2] * (f[0] - t[1])),
+    public=lambda t: {"a": float(np.exp(t[0])), "b": float(t[1]), "c": float(t[2])},
+    start_grid=lambda: _grid(np.arange(0, 4.5, 0.5), np.arange(0, 20, 2.0),
+                             np.array([0.02, 0.05, 0.1, 0.2, 0.5, 1.0])),
+)
+
+# ANNEALING with C = 0: for a prefix before the first lr decrease (S2 = 0 at every point).
+ANNEALING_NO_DECAY = dataclasses.replace(
+    ANNEALING, formula=f"{ANNEALING.formula},  C = 0 (no lr decrease yet)", inputs=("S1",),
+    theta_names=ANNEALING.theta_names[:3],
+    features=lambda d: (np.asarray(d["S1"], np.float64),) * 2,  # S2's slot: C = 0 ignores it
+    log_predict=lambda t, f: ANNEALING.log_predict(jnp.concatenate([t, jnp.zeros(1, t.dtype)]), f),
+    public=lambda t: ANNEALING.public(np.concatenate([np.asarray(t), [0.0]])),
+    start_grid=lambda: np.unique(ANNEALING.start_grid()[:, :3], axis=0))
+if getattr(ANNEALING_NO_DECAY, "from_public", None) is not None:  # ANNEALING's takes 4
+  ANNEALING_NO_DECAY = dataclasses.replace(ANNEALING_NO_DECAY, from_public=None)
+
+
+# ---------------------------------------------------------------- curves
+
+@dataclasses.dataclass
+class Curve:
+  name: str
+  total_steps: int  # the run's last step: what is forecast
+  lr_S: np.ndarray | None  # float64[total_steps]: lr of update s at index s - 1; None: unknown
+  warmup_steps: int
+  points: dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (steps int64[k], loss float64[k])
+  schedule: dict  # how lr_S was made, for the output
+
+  def areas(self) -> tuple[np.ndarray, np.ndarray]:
+    """S1, S2 per step (float64[total_steps]), warmup counted at the peak."""
+    warm = min(self.warmup_steps, self.total_steps - 1)
+    return annealing_areas(self.lr_S, warmup_steps=warm, momentum=MOMENTUM)
+
+
+def schedule_lr(optim: Mapping, total_steps: int, global_batch_size: int = 256) -> np.ndarray:
+  """float64[total_steps]: varjax's lr schedule (varjax.train.optimizer.lr_schedule) for an
+  `optim` section of a config; imported here so the rest of analysis needs no varjax."""
+  from varjax.config import OptimConfig, build_dataclass
+  from varjax.errors import VarjaxError
+  from varjax.train.optimizer import lr_schedule
+  try:
+    config = build_dataclass(OptimConfig, optim, "optim")
+  except VarjaxError as e:
+    raise AnalysisError(f"lr schedule: {e}") from None
+  schedule = lr_schedule(config, total_steps, global_batch_size)
+  return np.asarray(schedule(np.arange(total_steps)), np.float64)
+
+
+def _read_json(path: str, what: str) -> dict:
+  try:
+    with open(path, encoding="utf-8") as f:
+      value = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise AnalysisError(f"{what} {path} cannot be read: {e}") from None
+  if not isinstance(value, dict):
+    raise AnalysisError(f"{what} {path} is not a JSON object")
+  return value
+
+
+def _points(frame: pd.DataFrame, source: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  for col in ("step", "loss"):
+    if col not in frame.columns:
+      raise AnalysisError(f"{source}: no {col!r} column (columns: "
+                          f"{', '.join(map(str, frame.columns))})")
+  if "split" not in frame.columns:  # one curve: taken as the eval loss
+    frame = frame.assign(split="eval")
+  out = {}
+  for split in SPLITS:
+    rows = frame[frame["split"] == split]
+    step = pd.to_numeric(rows["step"], errors="coerce").to_numpy(np.float64)
+    loss = pd.to_numeric(rows["loss"], errors="coerce").to_numpy(np.float64)
+    ok = np.isfinite(step) & np.isfinite(loss) & (step >= 1) & (loss > 0)
+    if ok.any():
+      order = np.argsort(step[ok], kind="stable")
+      out[split] = (step[ok][order].astype(np.int64), loss[ok][order])
+  if not out:
+    raise AnalysisError(f"{source}: no eval or train loss points (step >= 1, loss > 0)")
+  return out
+
+
+def read_metrics(path: str, select: dict[str, str] | None = None) -> pd.DataFrame:
+  """A metrics file as a table: JSONL records (varjax's metrics.jsonl) or a CSV; rows
+  filtered by `select` {column: value}."""
+  if not os.path.isfile(path):
+    raise AnalysisError(f"metrics file not found: {path}")
+  try:
+    if path.endswith((".jsonl", ".json")):
+      records = []
+      with open(path, encoding="utf-8") as f:
+        for line in f:
+          if line.strip():
+            try:
+              records.append(json.loads(line))
+            except json.JSONDecodeError:
+              break  # a run killed mid-write leaves a partial last line
+      frame = pd.DataFrame([r for r in records if isinstance(r, dict)])
+    else:
+      frame = pd.read_csv(path)
+  except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+    raise AnalysisError(f"{path} cannot be read: {str(e).splitlines()[0]}") from None
+  for col, value in (select or {}).items():
+    if col not in frame.columns:
+      raise AnalysisError(f"--select {col}={value}: {path} has no column {col!r}")
+    frame = frame[frame[col].astype(str) == value]
+    if frame.empty:
+      raise AnalysisError(f"--select {col}={value}: no row of {path} has it")
+  return frame
+
+
+def load_run(run_dir: str) -> Curve:
+  """A run directory's curve and schedule (config.json: optim, run.steps, the batch)."""
+  if not os.path.isdir(run_dir):
+    raise AnalysisError(f"--run {run_dir}: no such directory")
+  config_path = os.path.join(run_dir, "config.json")
+  metrics_path = os.path.join(run_dir, "metrics.jsonl")
+  if not os.path.isfile(config_path):
+    raise AnalysisError(f"--run {run_dir}: no config.json (not a run directory)")
+  if not os.path.isfile(metrics_path):
+    raise AnalysisError(f"--run {run_dir}: no metrics.jsonl (the run has logged no step)")
+  config = _read_json(config_path, "config")
+  optim, run = config.get("optim", {}), config.get("run", {})
+  total = run.get("steps")
+  if not isinstance(total, int) or total < 2:
+    raise AnalysisError(f"--run {run_dir}: config.json has no run.steps >= 2")
+  batch = config.get("data", {}).get("global_batch_size", 256)
+  frame = read_metrics(metrics_path)
+  if frame.empty:
+    raise AnalysisError(f"--run {run_dir}: metrics.jsonl holds no records")
+  lr = schedule_lr(optim, total, batch)
+  return Curve(os.path.basename(os.path.normpath(run_dir)), total, lr,
+               int(optim.get("warmup_steps", 0)), _points(frame, metrics_path),
+               {"schedule": optim.get("schedule", "linear"), "steps": total,
+                "warmup_steps": int(optim.get("warmup_steps", 0)),
+                "peak_lr": float(lr.max()), "source": "config.json"})
+
+
+def load_metrics_file(path: str, select=None, optim: Mapping | None = None,
+                      total_steps: int | None = None, global_batch_size: int = 256) -> Curve:
+  """A curve from a metrics file; the schedule from `optim` (a config's optim section)
+  over `total_steps` (default: the last step in the file). Without `optim` the schedule is
+  unknown and only the schedule-free methods run."""
+  frame = read_metrics(path, select)
+  points = _points(frame, path)
+  last = max(int(s[-1]) for s, _ in points.values())
+  total = int(total_steps or last)
+  lr = schedule_lr(optim, total, global_batch_size) if optim is not None else None
+  schedule = ({"schedule": optim.get("schedule", "linear"), "steps": total,
+               "warmup_steps": int(optim.get("warmup_steps", 0)), "peak_lr": float(lr.max()),
+               "source": "flags"} if optim is not None else {"steps": total, "source": None})
+  name = os.path.basename(path) + "".join(f" [{k}={v}]" for k, v in (select or {}).items())
+  return Curve(name, total, lr, int((optim or {}).get("warmup_steps", 0)), points, schedule)
+
+
+# ---------------------------------------------------------------- one forecast
+
+def _method_law(method: str, curve: Curve, prefix_steps: np.ndarray):
+  """(law, inputs(steps) -> dict, note or None) of a method on this curve."""
+  if method in ("pow3", "log_power"):
+    law = POW3 if method == "pow3" else LOG_POWER
+    return law, lambda s: {"step": np.asarray(s, np.float64)}, None
+  if method != "lr_annealing":
+    raise AnalysisError(f"unknown method {method!r}; methods are {', '.join(METHODS)}")
+  if curve.lr_S is None:
+    raise AnalysisError("needs the lr schedule (--run DIR, or --config / --schedule with "
+                        "--metrics)")
+  s1, s2 = curve.areas()
+  inputs = lambda s: {"S1": s1[np.asarray(s) - 1], "S2": s2[np.asarray(s) - 1]}
+  if np.all(s2[prefix_steps - 1] <= 0):
+    note = (f"no lr decrease by step {int(prefix_steps.max())}: C S2 cannot be fitted, so C = 0 "
+            "and the forecast carries no gain from the decay to come")
+    return ANNEALING_NO_DECAY, inputs, note
+  return ANNEALING, inputs, None
+
+
+def fit_padded(law: Law, x: dict, y: np.ndarray):
+  """fit_law on the points padded with zero-weight copies of the last to 16, 32, 64, ...:
+  a backtest then compiles a few programs per law, not one per prefix length (each takes
+  seconds). The returned fit holds the points without the padding."""
+  n = len(y)
+  size = max(16, 1 << (n - 1).bit_length())
+  pad = lambda v: np.concatenate([np.asarray(v, np.float64), np.repeat(v[-1:], size - n)])
+  fit = fit_law(law, {k: pad(v) for k, v in x.items()}, pad(y),
+                weights=np.concatenate([np.ones(n), np.zeros(size - n)]))
+  return dataclasses.replace(fit, inputs={k: np.asarray(x[k], np.float64) for k in law.inputs},
+                             y=np.asarray(y, np.float64))
+
+
+def forecast(curve: Curve, fraction: float, methods=METHODS, replicates: int = 200,
+             seed: int = 0) -> dict:
+  """Each method's forecast of each split's loss at the curve's last step from the points
+  at steps <= fraction x last step: {"forecasts": [...], "skipped": [...], ...}."""
+  cut = int(np.floor(fraction * curve.total_steps + 1e-9))
+  final = curve.total_steps
+  rows, skipped = [], []
+  for method in methods:
+    train_fit = None  # (fit, inputs, note) of the train split, for the eval offset
+    for split in ("train", "eval"):
+      if split not in curve.points:
+        continue
+      steps, loss = curve.points[split]
+      pre = steps <= cut
+      measured = loss[steps == final]
+      row = {"method": method, "split": split, "num_points": int(pre.sum()),
+             "measured": float(measured[-1]) if len(measured) else None}
+      try:
+        if not pre.any():
+          raise AnalysisError(f"no {split} point at or before step {cut}")
+        law, inputs, note = _method_law(method, curve, steps[pre])
+        scale = 1.0
+        if pre.sum() > law.num_params and np.ptp(loss[pre]) > 0:
+          fit = fit_padded(law, inputs(steps[pre]), loss[pre])
+          row["fit_on"] = split
+        elif split == "eval" and train_fit is not None:
+          fit, inputs, note = train_fit
+          scale = float(np.exp(np.mean(np.log(loss[pre]) -
+                                       np.log(fit.predict(inputs(steps[pre]))))))
+          row.update(fit_on="train x eval/train", eval_over_train=scale)
+        else:
+          raise AnalysisError(f"{int(pre.sum())} {split} point(s) at or before step {cut}; "
+                              f"{law.name} needs {law.num_params + 1}" +
+                              (" (or a train fit)" if split == "eval" else ""))
+        if split == "train":
+          train_fit = (fit, inputs, note)
+        x_final = inputs([final])
+        row.update(forecast=scale * float(fit.predict(x_final)[0]), law=fit.law.formula,
+                   params=fit.params)
+        if note:
+          row["note"] = note
+        if replicates:
+          lo, hi = bootstrap(fit, replicates, seed=seed).predict_interval(x_final)
+          row["interval_95"] = [scale * float(lo[0]), scale * float(hi[0])]
+        if row["measured"] is not None:
+          row["relative_error"] = (row["forecast"] - row["measured"]) / row["measured"]
+        rows.append(row)
+      except AnalysisError as e:
+        skipped.append({"method": method, "split": split, "reason": str(e)})
+  return {"run": curve.name, "fraction": fraction, "cut_step": cut, "final_step": final,
+          "schedule": curve.schedule, "forecasts": rows, "skipped": skipped}
+
+
+# ---------------------------------------------------------------- backtest
+
+def backtest(registry: str, fractions=FRACTIONS, methods=METHODS) -> dict:
+  """Every run of a registry forecast from each fraction of its curve, against its measured
+  final loss; MAPE per method over the runs every method could forecast (per fraction and
+  split), so the methods are compared on the same runs."""
+  if not os.path.isdir(registry):
+    raise AnalysisError(f"--backtest {registry}: no such directory")
+  curves, unusable = [], []
+  for run_dir in run_dirs(registry):
+    try:
+      curves.append(load_run(run_dir))
+    except AnalysisError as e:
+      unusable.append(str(e))
+  if not curves:
+    raise AnalysisError(f"--backtest {registry}: no run with config.json and metrics.jsonl")
+  runs = []
+  for curve in curves:
+    for fraction in fractions:
+      result = forecast(curve, fraction, methods, replicates=0)
+      for r in result["forecasts"]:
+        if "relative_error" in r:
+          runs.append({"run": curve.name, "fraction": fraction, "split": r["split"],
+                       "method": r["method"], "forecast": r["forecast"],
+                       "measured": r["measured"], "relative_error": r["relative_error"]})
+  table = []
+  for fraction in fractions:
+    for split in SPLITS:
+      errors = {m: {r["run"]: abs(r["relative_error"]) for r in runs
+                    if r["fraction"] == fraction and r["split"] == split and r["method"] == m}
+                for m in methods}
+      common = sorted(set.intersection(*(set(e) for e in errors.values())))
+      row = {"fraction": fraction, "split": split, "num_runs": len(common)}
+      for m in methods:
+        row[m] = float(np.mean([errors[m][r] for r in common])) if common else None
+      table.append(row)
+  return {"registry": registry, "num_runs": len(curves), "methods": list(methods),
+          "fractions": list(fractions), "mape": table, "runs": runs, "unusable": unusable}
+
+
+# ---------------------------------------------------------------- text
+
+def _pct(v) -> str:
+  return "–" if v is None else f"{100 * v:.2f}%"
+
+
+def forecast_text(report: dict) -> str:
+  sch = report["schedule"]
+  how = (f"schedule {sch['schedule']}, warmup {sch['warmup_steps']}, peak lr {sch['peak_lr']:.3g}"
+         if sch.get("source") else "schedule unknown")
+  lines = [f"extrapolate: {report['run']} from the first {report['fraction']:.0%} "
+           f"(steps <= {report['cut_step']} of {report['final_step']}; {how})",
+           f"{'split':<6} {'method':<13} {'points':>6}  {'forecast':>9}  {'95% interval':<17} "
+           f"{'measured':>9}  {'error':>7}  fit on"]
+  for r in report["forecasts"]:
+    iv = r.get("interval_95")
+    interval = f"{iv[0]:.4f}-{iv[1]:.4f}" if iv else "–"
+    measured = "–" if r["measured"] is None else f"{r['measured']:.4f}"
+    error = f"{100 * r['relative_error']:+.2f}%" if "relative_error" in r else "–"
+    lines.append(f"{r['split']:<6} {r['method']:<13} {r['num_points']:>6}  "
+                 f"{r['forecast']:>9.4f}  {interval:<17} {measured:>9}  {error:>7}  "
+                 f"{r['fit_on']}")
+  notes = sorted({r["note"] for r in report["forecasts"] if "note" in r})
+  lines += [f"note: {n}" for n in notes]
+  lines += [f"skipped: {s['method']} {s['split']}: {s['reason']}" for s in report["skipped"]]
+  return "\n".join(lines)
+
+
+def backtest_text(report: dict) -> str:
+  methods = report["methods"]
+  lines = [f"backtest: {report['registry']}, {report['num_runs']} runs: mean absolute "
+           "percentage error of the final loss, over the runs every method forecast",
+           f"{'fraction':>8}  {'split':<5} {'runs':>4}  " +
+           "  ".join(f"{m:>12}" for m in methods)]
+  for r in report["mape"]:
+    lines.append(f"{r['fraction']:>8.0%}  {r['split']:<5} {r['num_runs']:>4}  " +
+                 "  ".join(f"{_pct(r[m]):>12}" for m in methods))
+  lines += [f"unusable: {u}" for u in report["unusable"]]
+  return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- command line
+
+def _open_fraction(text: str) -> float:
+  import argparse
+  try:
+    value = float(text)
+  except ValueError:
+    value = float("nan")
+  if not 0 < value < 1:
+    raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
+  return value
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+  return tuple(_open_fraction(t) for t in text.split(","))
+
+
+def _methods(text: str) -> tuple[str, ...]:
+  import argparse
+  names = tuple(t.strip() for t in text.split(","))
+  unknown = [n for n in names if n not in METHODS]
+  if unknown or not names:
+    raise argparse.ArgumentTypeError(f"unknown method(s) {', '.join(unknown)}; methods are "
+                                     f"{', '.join(METHODS)}")
+  return names
+
+
+def _key_value(text: str) -> tuple[str, str]:
+  import argparse
+  key, equals, value = text.partition("=")
+  if not key or not equals:
+    raise argparse.ArgumentTypeError(f"expected COLUMN=VALUE, got {text!r}")
+  return key.strip(), value.strip()
+
+
+def add_parser(sub) -> None:
+  """`python -m analysis extrapolate`: its arguments, on the `analysis` subparsers."""
+  from analysis.arguments import count, fraction, positive_int, positive_number, replicates
+  p = sub.add_parser("extrapolate", help="a run's final eval and train loss from the first "
+                                         "part of its curve; --backtest a registry")
+  source = p.add_mutually_exclusive_group(required=True)
+  source.add_argument("--run", metavar="DIR", help="a run directory (config.json, metrics.jsonl)")
+  source.add_argument("--metrics", metavar="FILE",
+                      help="metrics.jsonl records or a CSV (step, loss[, split]); the schedule "
+                           "from --config or --schedule")
+  source.add_argument("--backtest", metavar="DIR",
+                      help="every run of a registry at --fractions: MAPE per method")
+  p.add_argument("--fraction", type=_open_fraction, default=0.3,
+                 help="forecast from the points at steps <= this fraction of the run (0.3)")
+  p.add_argument("--fractions", type=_fractions, default=FRACTIONS, metavar="F,F,...",
+                 help="--backtest: the fractions (default 0.1,0.2,0.3,0.5)")
+  p.add_argument("--methods", type=_methods, default=METHODS, metavar="M,M,...",
+                 help=f"of {', '.join(METHODS)} (default all)")
+  p.add_argument("--bootstrap", type=replicates, default=200, metavar="K",
+                 help="bootstrap replicates for the intervals (0: none; --backtest uses none)")
+  p.add_argument("--seed", type=count, default=0)
+  p.add_argument("--select", action="append", type=_key_value, default=[], metavar="COL=VALUE",
+                 help="--metrics: keep the rows whose COL is VALUE (repeatable)")
+  p.add_argument("--config", metavar="FILE",
+                 help="--metrics: a run's config.json (schedule, steps)")
+  p.add_argument("--schedule", choices=("linear", "cosine", "wsd", "constant"),
+                 help="--metrics: the lr schedule (varjax's; with --steps, --peak-lr, ...)")
+  p.add_argument("--steps", type=positive_int, default=None,
+                 help="--metrics: the run's total steps (default: the last step in the file)")
+  p.add_argument("--warmup-steps", type=count, default=0)
+  p.add_argument("--peak-lr", type=positive_number, default=None)
+  p.add_argument("--min-lr-ratio", type=float, default=0.0)
+  p.add_argument("--decay-fraction", type=fraction, default=0.2)
+  p.add_argument("--json", action="store_true", help="print JSON")
+  p.set_defaults(func=run_command, d_col=None, c_col=None)
+
+
+def _metrics_curve(args) -> Curve:
+  if args.config and args.schedule:
+    raise AnalysisError("give --config FILE or --schedule, not both")
+  optim, total, batch = None, args.steps, 256
+  if args.config:
+    config = _read_json(args.config, "--config")
+    optim = config.get("optim", {})
+    total = total or config.get("run", {}).get("steps")
+    batch = config.get("data", {}).get("global_batch_size", 256)
+  elif args.schedule:
+    optim = {"schedule": args.schedule, "warmup_steps": args.warmup_steps,
+             "min_lr_ratio": args.min_lr_ratio, "decay_fraction": args.decay_fraction}
+    if args.peak_lr is not None:
+      optim["peak_lr"] = args.peak_lr
+  curve = load_metrics_file(args.metrics, dict(args.select), optim, total, batch)
+  last = max(int(s[-1]) for s, _ in curve.points.values())
+  if last > curve.total_steps:
+    raise AnalysisError(f"{args.metrics} has points up to step {last}, beyond the run's "
+                        f"{curve.total_steps} steps (--steps)")
+  return curve
+
+
+def run_command(args) -> dict:
+  if not args.metrics and (args.config or args.schedule or args.select or args.steps):
+    raise AnalysisError("--config, --schedule, --select and --steps go with --metrics FILE")
+  if args.backtest:
+    report = backtest(args.backtest, args.fractions, args.methods)
+    report["text"] = backtest_text(report)
+    return report
+  curve = load_run(args.run) if args.run else _metrics_curve(args)
+  report = forecast(curve, args.fraction, args.methods, args.bootstrap, args.seed)
+  if not report["forecasts"]:
+    raise AnalysisError(f"nothing to forecast from the first {args.fraction:.0%}: " +
+                        "; ".join(f"{s['method']} {s['split']}: {s['reason']}"
+                                  for s in report["skipped"]))
+  report["text"] = forecast_text(report)
+  return report
