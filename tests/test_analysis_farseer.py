@@ -49,6 +49,7 @@ def test_differencing_fit_recovers_the_published_law_and_predicts_6p4e9():
   assert np.max(np.abs(FARSEER.predict(diff.theta, xt) / truth - 1)) < 1e-3
 
 
+@pytest.mark.slow  # ~30 s on 2 cores: make test-slow
 def test_joint_fit_predicts_6p4e9_and_beats_the_differencing_fit_on_noisy_data():
   """The `fit --law farseer` path: the differencing fit, its ridge starts and the
   data-scaled grid (never the published coefficients). Noise-free, it predicts N = 6.4e9

@@ -171,6 +171,7 @@ def _eval_losses(out_dir: str) -> dict[str, float]:
   return dict(zip(table["run"], table["loss"]))
 
 
+@pytest.mark.slow  # ~95 s on 2 cores: make test-slow
 def test_local_sweep_registry_failures_and_retry(tmp_path, capsys):
   setup = tf.make_token_setup(str(tmp_path / "data"))
   broken = dict(setup, tokens=str(tmp_path / "missing"))
@@ -218,6 +219,7 @@ def _wait_for(predicate, timeout: float, proc=None) -> None:
   raise AssertionError("timed out")
 
 
+@pytest.mark.slow  # ~45 s on 2 cores: make test-slow
 def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path):
   setup = tf.make_token_setup(str(tmp_path / "data"))
   budgets = {"tokens": [2 * TOKENS_PER_STEP, 24 * TOKENS_PER_STEP]}

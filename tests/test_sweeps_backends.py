@@ -127,6 +127,7 @@ def setup(tmp_path_factory):
   return fx.make_token_setup(str(tmp_path_factory.mktemp("tokens")))
 
 
+@pytest.mark.slow  # ~45 s on 2 cores: make test-slow
 def test_ray_trains_runs_concurrently_and_skips_finished_ones(setup, tmp_path, monkeypatch):
   import ray
 
