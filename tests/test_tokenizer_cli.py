@@ -140,6 +140,7 @@ def test_preview_draws_reconstructions_scale_by_scale(tokenizer_run, embedded_da
   assert mses[-1] == pytest.approx(float(np.mean((np.asarray(recon) - images) ** 2)), abs=2e-5)
 
 
+@pytest.mark.slow  # ~32 s on 2 cores: make test-slow (resume of the shared step loop: test_train)
 def test_crashed_training_resumes_to_the_same_parameters(embedded_data_dir, tmp_path):
   """A run that dies after step 5 (last checkpoint: step 4) and is started again ends with
   exactly the parameters and loss curve of an uninterrupted run."""
