@@ -32,6 +32,16 @@ def all_examples(data_dir, split):
   return [source[i] for i in range(len(source))]
 
 
+def reference_crop(example) -> np.ndarray:
+  """The example's crop cut again from its source photograph with PIL (the reference)."""
+  filename, _ = embedded.SOURCES[example["label"]]
+  top, left, size = (int(v) for v in example["crop_box"])
+  with Image.open(os.path.join(embedded.source_dir(), filename)) as img:
+    return np.asarray(img.convert("RGB").resize((32, 32), Image.Resampling.BICUBIC,
+                                                box=(left, top, left + size, top + size),
+                                                reducing_gap=2.0))
+
+
 def test_build_is_done_once(embedded_data_dir):
   files = os.path.join(embedded_data_dir, "varjax_embedded", "res32", "1.0.0")
   before = {f: os.stat(os.path.join(files, f)).st_mtime_ns for f in os.listdir(files)}
@@ -54,13 +64,7 @@ def test_batches_have_shapes_range_and_labels(embedded_data_dir):
 def test_stored_crops_equal_their_source_photographs(embedded_data_dir):
   examples = all_examples(embedded_data_dir, "validation")
   for ex in examples[::97]:
-    filename, _ = embedded.SOURCES[ex["label"]]
-    top, left, size = (int(v) for v in ex["crop_box"])
-    with Image.open(os.path.join(embedded.source_dir(), filename)) as img:
-      expected = img.convert("RGB").resize((32, 32), Image.Resampling.BICUBIC,
-                                           box=(left, top, left + size, top + size),
-                                           reducing_gap=2.0)
-    np.testing.assert_array_equal(ex["image"], np.asarray(expected))
+    np.testing.assert_array_equal(ex["image"], reference_crop(ex))
 
 
 def test_splits_share_no_crop(embedded_data_dir):
@@ -245,18 +249,12 @@ def test_stream_crops_are_pure_disjoint_from_validation_and_cut_from_the_photogr
   # Validation crops as stored by TFDS (the independent reference): none is in the stream.
   valid = {(int(e["label"]), *(int(v) for v in e["crop_box"]))
            for e in all_examples(embedded_data_dir, "validation")}
-  boxes = [(int(stream[i]["label"]), *(int(v) for v in stream[i]["crop_box"]))
-           for i in range(3000)]
+  boxes = [(int(ex["label"]), *(int(v) for v in ex["crop_box"]))
+           for ex in map(stream.__getitem__, range(3000))]
   assert not valid & set(boxes)
   assert len(set(boxes)) >= 2995  # distinct crops (chance repeats ~ K^2 / 4e8)
   for i in (5, 2999):
     ex = stream[i]
-    filename, _ = embedded.SOURCES[ex["label"]]
-    top, left, size = (int(v) for v in ex["crop_box"])
-    with Image.open(os.path.join(embedded.source_dir(), filename)) as img:
-      expected = img.convert("RGB").resize((32, 32), Image.Resampling.BICUBIC,
-                                           box=(left, top, left + size, top + size),
-                                           reducing_gap=2.0)
-    np.testing.assert_array_equal(ex["image"], np.asarray(expected))
+    np.testing.assert_array_equal(ex["image"], reference_crop(ex))
   with pytest.raises(IndexError):
     stream[embedded.STREAM_SIZE]
