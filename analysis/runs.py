@@ -7,6 +7,13 @@ scale: sweeps/registry.py) `sweep.<key>` columns. Expected summary keys (see doc
 `params` and `params_no_head` (N in both conventions), `tokens` (D), `flops_exact` and
 `flops_6nd` (training FLOPs in both conventions), `loss` (final evaluation loss), and
 optionally `fd_<network>` / `fid` (sample-quality distances).
+
+VAR's evaluation metrics also get the names of its scaling-law figures (Tian et al. 2024;
+`var_eval_columns`): `loss_avg` (mean cross-entropy over all tokens, = `loss`), `loss_last`
+(over the last scale's tokens, = `loss_tail`), `err_avg` / `err_last` (token error rate,
+1 - top-1 accuracy, as a fraction: `token_error` / `token_error_tail` are percent) and
+`loss_s0`, `loss_s1`, ... (one column per scale, coarse to fine, from `loss_per_scale`).
+Runs that predate a metric get NaN in its column.
 """
 
 from __future__ import annotations
@@ -43,6 +50,29 @@ def run_dirs(path: str) -> list[str]:
   return found
 
 
+def _number(value) -> float:
+  if isinstance(value, (int, float)) and not isinstance(value, bool):
+    return float(value)
+  return float("nan")
+
+
+def var_eval_columns(summary: dict) -> dict[str, float]:
+  """The registry's names for a VAR run's final evaluation (module docstring); {} for a
+  summary without VAR's token metrics (a tokenizer run, a hand-written CSV row)."""
+  if "token_error" not in summary:
+    return {}
+  out = {"loss_avg": _number(summary.get("loss")),
+         "err_avg": _number(summary["token_error"]) / 100.0}
+  if "loss_tail" in summary:
+    out["loss_last"] = _number(summary["loss_tail"])
+  if "token_error_tail" in summary:
+    out["err_last"] = _number(summary["token_error_tail"]) / 100.0
+  per_scale = summary.get("loss_per_scale")
+  if isinstance(per_scale, list):
+    out.update({f"loss_s{k}": _number(v) for k, v in enumerate(per_scale)})
+  return out
+
+
 class _Unreadable(Exception):
   """One line naming the file and why it cannot be read."""
 
@@ -66,7 +96,8 @@ def load_runs(path: str) -> pd.DataFrame:
   """A DataFrame of the finished runs under `path`. Unfinished runs are skipped with a
   warning that counts them; runs whose summary, config or sweep file cannot be read (not
   UTF-8, not JSON, not an object) with one warning line naming each file. Columns: `run` (directory name), `run_dir`, summary keys,
-  `config.*` keys."""
+  VAR's eval metrics by their figure names (loss_last, loss_avg, err_last, err_avg,
+  loss_s<k>), `config.*` keys."""
   rows, unfinished, broken = [], 0, []
   for run_dir in run_dirs(path):
     summary_path = os.path.join(run_dir, "summary.json")
@@ -83,6 +114,7 @@ def load_runs(path: str) -> pd.DataFrame:
       continue
     row = {"run": os.path.basename(run_dir), "run_dir": run_dir}
     _flatten("", summary, row)
+    row.update({k: v for k, v in var_eval_columns(summary).items() if k not in row})
     _flatten("config", config, row)
     _flatten("sweep", sweep, row)
     rows.append(row)
