@@ -210,3 +210,45 @@ def fit_plots(fit: Fit, boot: Bootstrap | None, out_dir: str, marks=()) -> list[
           allocation_plot(fit, boot, os.path.join(out_dir, "allocation.png"),
                           [m[0] for m in marks]),
           residuals_plot(fit, os.path.join(out_dir, "residuals.png"))]
+
+
+def per_scale_plot(table, fits: list[dict], n, c, path: str) -> str:
+  """VAR's per-scale laws: loss (top) and token error rate (bottom) of the last scale and
+  of all tokens against N in billions (left) and C (right), log-log; every run faint, the
+  runs each law was fitted to solid, the law over their range with its text as label."""
+  from analysis import per_scale
+  fig, axes = plt.subplots(2, 2, figsize=(10.5, 7.6))
+  rows = (("loss", ("loss_last", "loss_avg")), ("token error rate", ("err_last", "err_avg")))
+  by_key = {(f["metric"], f["x"]): f for f in fits}
+  for r, (ylabel, metrics) in enumerate(rows):
+    for col, role in enumerate(("N", "C")):
+      ax = axes[r, col]
+      for i, metric in enumerate(metrics):
+        if metric not in table.columns:
+          continue
+        color = f"C{i}"
+        x, y = per_scale.points(table, metric, role, n, c)
+        ax.scatter(x, y, s=10, color=color, alpha=0.25)
+        fit = by_key.get((metric, role), {})
+        if "alpha" not in fit:
+          ax.plot([], [], "o", color=color, label=f"{metric}: not fitted")
+          continue
+        chosen = np.isin(table["run"].astype(str).to_numpy(), fit["runs"]) \
+            if "run" in table.columns else None
+        if chosen is not None:
+          cx, cy = per_scale.points(table[chosen], metric, role, np.asarray(n)[chosen],
+                                    np.asarray(c)[chosen])
+          ax.scatter(cx, cy, s=18, color=color)
+        grid = np.geomspace(fit["x_range"][0] / 1.2, fit["x_range"][1] * 1.2, 50)
+        ax.plot(grid, per_scale.power_law(grid, fit["alpha"], fit["beta"]), color=color,
+                lw=1.3, label=f"{per_scale.law_text(fit)} (r = {fit['r']:.3f})")
+      ax.set(xscale="log", yscale="log", ylabel=ylabel,
+             xlabel="N (billions of parameters)" if role == "N" else "training FLOPs C")
+      ax.set_title(f"{ylabel} vs {role}: " +
+                   ("final run of each size" if role == "N" else "compute-efficient frontier"),
+                   fontsize=9)
+      if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+  fig.suptitle("VAR's per-scale laws: y = (beta X)^alpha (faint: all runs; solid: fitted)",
+               fontsize=10)
+  return _save(fig, path)

@@ -1,7 +1,8 @@
 """`python -m analysis report`: the fit, its validity checks, forecasts (--at), the plan
-(--flops), held-out runs forecast and compared with their measurements (--heldout DIR) and
-every plot, written to --out as report.json (for machines) and report.md (for people,
-rendered by report_md from the same dict)."""
+(--flops), held-out runs forecast and compared with their measurements (--heldout DIR),
+VAR's per-scale laws (analysis/per_scale.py) and every plot, written to --out as
+report.json (for machines) and report.md (for people, rendered by report_md from the same
+dict)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import os
 
 import numpy as np
 
-from analysis import heldout, laws, pipeline, plots, report_md, validity
+from analysis import heldout, laws, per_scale, pipeline, plots, report_md, validity
 from analysis.validate import AnalysisError
 
 
@@ -52,6 +53,18 @@ def vs_trained(row: dict, data: pipeline.Data) -> dict:
   out["C"] = list(validity.extrapolation(6 * row["N"] * row["D"],
                                          6 * data.inputs["N"] * data.inputs["D"]))
   return out
+
+
+def per_scale_block(data: pipeline.Data, out: str) -> dict:
+  """report.json's `per_scale`: VAR's laws of the runs' per-scale metrics against N and C
+  (the report's 6ND), and their figure when a main metric was fitted."""
+  n, c = data.inputs["N"], data.flops
+  block = per_scale.fit_all(data.table, n, c)
+  fitted = [f for f in block.get("fits", []) if f["metric"] in per_scale.MAIN and "alpha" in f]
+  if fitted:
+    block["plot"] = plots.per_scale_plot(data.table, block["fits"], n, c,
+                                         os.path.join(out, "per_scale.png"))
+  return block
 
 
 def build(args) -> dict:
@@ -109,6 +122,7 @@ def build(args) -> dict:
     report["plots"].append(plots.fid_plot(data.flops, values, args.fid_col,
                                           os.path.join(args.out, "fid_vs_compute.png")))
   report["runs"] = runs_table(data, args.fid_col)
+  report["per_scale"] = per_scale_block(data, args.out)
   return write(report, args.out)
 
 

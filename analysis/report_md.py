@@ -1,7 +1,8 @@
 """report.md and the report's text summary: pure functions of the report.json dict.
 
 Sections: Question; Runs; Fitted law; Validity checklist; Forecasts; Held-out runs (only
-with --heldout); Compute-optimal plan; Figures; What the numbers say. Every number comes
+with --heldout); Compute-optimal plan; Per-scale laws (VAR's form; when report.json has
+`per_scale`, as `report` always writes it); Figures; What the numbers say. Every number comes
 from the dict (3 significant figures), and every sentence is made from those numbers, so
 the text cannot drift from report.json.
 """
@@ -13,10 +14,14 @@ import os
 import re
 from typing import Sequence
 
+from analysis.per_scale import MAIN as PER_SCALE_MAIN
+
 SECTIONS = ("Question", "Runs", "Fitted law", "Validity checklist", "Forecasts",
             "Compute-optimal plan", "Figures", "What the numbers say")
 # Sections shown only when report.json has their key, each after the section named.
-OPTIONAL = {"Held-out runs": ("heldout", "Forecasts")}
+PER_SCALE = "Per-scale laws (VAR's form)"
+OPTIONAL = {"Held-out runs": ("heldout", "Forecasts"),
+            PER_SCALE: ("per_scale", "Compute-optimal plan")}
 STATUS = {"pass": "✅ pass", "warn": "⚠️ warn", "skip": "➖ skip"}
 
 
@@ -242,6 +247,48 @@ def plan_section(report: dict) -> list[str]:
   return _table(header, [row]) + ["", f"**Verdict:** {verdict}."]
 
 
+def _law(f: dict) -> str:
+  return f"`{f['metric']} = ({num(f['beta'])} {f['x']})^{num(f['alpha'])}`"
+
+
+def per_scale_section(report: dict) -> list[str]:
+  """VAR's laws (analysis/per_scale.py): the four main metrics against N and C, then the
+  per-scale losses' exponents, the fits skipped, and the figure."""
+  block = report["per_scale"]
+  if "skipped" in block:
+    return [block["skipped"]]
+  pub = block.get("published", {})
+  lines = [
+      f"Pure power laws `{block['form']}` as Tian et al. (2024) fit them to VAR, e.g. " +
+      ", ".join(f"`{m} = ({num(p['beta'])} N)^{num(p['alpha'])}`" for m, p in pub.items()) +
+      f". X: N = {block['x_units']['N']}; C = {block['x_units']['C']}. Runs: vs N, "
+      f"{block['selection']['N']}; vs C, {block['selection']['C']}. Intervals: "
+      f"{block['intervals']}; r: Pearson in log space. Error rates are fractions.", ""]
+  fits = [f for f in block["fits"] if "alpha" in f]
+  main = [f for f in fits if f["metric"] in PER_SCALE_MAIN]
+  if main:
+    lines += _table(["metric", "X", "alpha [95%]", "beta [95%]", "r", "runs", "law"],
+                    [[f["metric"], f["x"], with_interval(f["alpha"], f["alpha_interval_95"]),
+                      with_interval(f["beta"], f["beta_interval_95"]), num(f["r"]),
+                      str(f["num_runs"]), _law(f)] for f in main])
+  scales = {}
+  for f in fits:
+    if f["metric"].startswith("loss_s"):
+      scales.setdefault(f["metric"], {})[f["x"]] = f
+  if scales:
+    cell = lambda f: ("–" if f is None else
+                      f"{with_interval(f['alpha'], f['alpha_interval_95'])}, r {num(f['r'])}")
+    lines += ["", "Per-scale losses (scale 0 is the coarsest):", ""]
+    lines += _table(["scale", "alpha vs N [95%], r", "alpha vs C [95%], r"],
+                    [[m.removeprefix("loss_s"), cell(by.get("N")), cell(by.get("C"))]
+                     for m, by in scales.items()])
+  if block.get("notes"):
+    lines += [""] + [f"- {note}." for note in block["notes"]]
+  if block.get("plot"):
+    lines += ["", f"![per scale]({os.path.basename(block['plot'])})"]
+  return lines
+
+
 def figures_section(report: dict) -> list[str]:
   plots = report.get("plots", [])
   if not plots:
@@ -292,6 +339,7 @@ def findings(report: dict) -> list[str]:
                f"{with_interval(r['loss'], r.get('interval_95'))}) is {where}.")
   if report.get("heldout", {}).get("runs"):
     out += heldout_sentences(report["heldout"])[:1]
+  out += per_scale_findings(report.get("per_scale", {}))
   p = report.get("plan")
   if p:
     out.append(f"Spending {num(p['flops'])} FLOPs compute-optimally means N_opt = "
@@ -300,6 +348,19 @@ def findings(report: dict) -> list[str]:
                f"{with_interval(p['loss'], p.get('loss_interval_95'))}. Verdict: "
                f"{p['verdict']}.")
   return out
+
+
+def per_scale_findings(block: dict) -> list[str]:
+  """The last-scale and all-token loss exponents against N, beside VAR's."""
+  fits = {f["metric"]: f for f in block.get("fits", []) if f["x"] == "N" and "alpha" in f}
+  pub = block.get("published", {})
+  said = [f"{what} goes as N^{with_interval(fits[m]['alpha'], fits[m]['alpha_interval_95'])}"
+          + (f" (VAR: {num(pub[m]['alpha'])})" if m in pub else "")
+          for m, what in (("loss_last", "the last scale's loss"), ("loss_avg", "the mean loss"))
+          if m in fits]
+  if not said:
+    return []
+  return [f"In VAR's form, over the final run of each size, {' and '.join(said)}."]
 
 
 def sections(report: dict) -> list[str]:
@@ -321,6 +382,7 @@ def render(report: dict, title: str = "Scaling-law report") -> str:
       "Forecasts": forecasts_section(report),
       "Held-out runs": heldout_section(report) if "heldout" in report else [],
       "Compute-optimal plan": plan_section(report),
+      PER_SCALE: per_scale_section(report) if "per_scale" in report else [],
       "Figures": figures_section(report),
       "What the numbers say": [" ".join(findings(report))],
   }
@@ -362,6 +424,11 @@ def summary(report: dict, md_path: str) -> str:
     lines.append(f"plan {num(p['flops'])} FLOPs: N_opt = {num(p['N_opt'])}, D_opt = "
                  f"{num(p['D_opt'])}, loss {with_interval(p['loss'], p.get('loss_interval_95'))}"
                  f": {p['verdict']}")
+  for f in report.get("per_scale", {}).get("fits", []):
+    if f["metric"] in PER_SCALE_MAIN and "alpha" in f:
+      lines.append(f"per-scale law {f['metric']} vs {f['x']}: ({num(f['beta'])} {f['x']})^"
+                   f"{num(f['alpha'])}, alpha {interval(f['alpha_interval_95'])}, "
+                   f"r = {num(f['r'])}")
   lines += [f"warning: {note}" for note in report.get("warnings", [])]
   lines.append(f"report: {md_path}")
   return "\n".join(lines)

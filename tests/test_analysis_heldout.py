@@ -178,7 +178,8 @@ def test_report_heldout_section_and_forecast_table(capsys, study, tmp_path):
   md = (out / "report.md").read_text()
   names = report_md.sections(report)
   assert names == ["Question", "Runs", "Fitted law", "Validity checklist", "Forecasts",
-                   "Held-out runs", "Compute-optimal plan", "Figures", "What the numbers say"]
+                   "Held-out runs", "Compute-optimal plan", report_md.PER_SCALE, "Figures",
+                   "What the numbers say"]
   positions = [md.index(f"## {name}\n") for name in names]
   assert positions == sorted(positions)
   section = md.split("## Held-out runs\n")[1].split("## Compute-optimal plan")[0]

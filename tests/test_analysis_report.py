@@ -208,6 +208,8 @@ def test_report_writes_report_md_with_forecasts_plan_and_checks(capsys, registry
   assert runs["r000"]["epochs"] == pytest.approx(table["tokens"][0] / unique)
   for name in ("loss_vs_compute.png", "allocation.png", "isoflop.png", "fid_vs_compute.png"):
     assert (out / name).stat().st_size > 10_000 and f"]({name})" in md
+  # No run reports VAR's per-scale metrics: their section says so in one sentence.
+  assert f"## {report_md.PER_SCALE}\n\n{report['per_scale']['skipped']}\n" in md
 
 
 def test_forecast_and_plan_carry_a_validity_block(capsys, registry):
