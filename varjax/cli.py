@@ -395,6 +395,8 @@ def _cmd_bench_train(args) -> None:
   from varjax.kernels import attention
   from varjax.train import bench
   attention.resolve_impl(args.attn_impl, args.dtype)
+  if not args.batch or min(args.batch) < 1:
+    raise VarjaxError(f"--batch must list batch sizes >= 1, got {args.batch}")
   result = bench.bench_train(args.model, args.patch_nums, args.batch, vocab_size=args.vocab,
                              steps=args.steps, attn_impl=args.attn_impl, dtype=args.dtype)
   print(json.dumps(result, indent=2) if args.json else bench.format_result(result))
@@ -573,7 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "against the peak measured in the same run")
   bench_train.add_argument("--model", default="var-d4")
   bench_train.add_argument("--patch-nums", type=_int_list, default=[1, 2, 3, 4, 5, 6, 8])
-  bench_train.add_argument("--batch", type=int, default=32)
+  bench_train.add_argument("--batch", type=_int_list, default=[32],
+                           help="one batch, or several: the largest whose step fits in "
+                                "device memory is timed")
   bench_train.add_argument("--vocab", type=int, default=4096)
   bench_train.add_argument("--steps", type=int, default=5, help="timed steps")
   bench_train.add_argument("--attn-impl", default="auto",

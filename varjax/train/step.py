@@ -40,10 +40,16 @@ def dummy_inputs(cfg: ModelConfig, batch: int = 1):
   return labels, x
 
 
-def make_init(model: VAR, tx: optax.GradientTransformation, seed: int) -> Callable[[], Any]:
-  """A function () -> boxed state (params keep their nn.Partitioned logical names)."""
+def make_init(model: VAR, tx: optax.GradientTransformation, seed: int,
+              param_key_impl: str | None = None) -> Callable[[], Any]:
+  """A function () -> boxed state (params keep their nn.Partitioned logical names).
+  param_key_impl="rbg" draws the params from the rbg PRNG (other values, same shapes):
+  benchmarks use it because XLA:GPU took 42 s to compile var-d16's threefry initialisers
+  on an H200."""
   def init():
     params_key, state_key = jax.random.split(jax.random.key(seed))
+    if param_key_impl is not None:
+      params_key = jax.random.key(seed, impl=param_key_impl)
     params = model.init({"params": params_key}, *dummy_inputs(model.cfg))["params"]
     return {"params": params, "opt": tx.init(nn.unbox(params)),
             "step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(state_key)}
@@ -64,10 +70,12 @@ def state_shardings(model: VAR, tx, seed: int, mesh: Mesh):
   return abstract, shardings
 
 
-def init_state(model: VAR, tx, seed: int, mesh: Mesh, shardings):
+def init_state(model: VAR, tx, seed: int, mesh: Mesh, shardings,
+               param_key_impl: str | None = None):
   """The initial state, created directly in its shards (nothing whole on one device)."""
   with jax.set_mesh(mesh), rules.rules_context():
-    return jax.jit(lambda: nn.unbox(make_init(model, tx, seed)()), out_shardings=shardings)()
+    return jax.jit(lambda: nn.unbox(make_init(model, tx, seed, param_key_impl)()),
+                   out_shardings=shardings)()
 
 
 def batch_shardings(mesh: Mesh):
