@@ -19,7 +19,7 @@ EXTRAS ?= dev
 # TPU wheels instead of finding the plain stamp.
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install test test-slow demo study bench sweep analyze notebooks lock clean help tpu-aot
+.PHONY: install test test-slow demo study bench bench-accelerator sweep analyze notebooks lock clean help tpu-aot
 
 help:
 	@echo "make demo       main job on the embedded default dataset"
@@ -168,6 +168,11 @@ bench: install
 	$(PY) benchmarks/attention.py --builds --quick
 	$(VENV)/bin/varjax bench train --model var-d4 --patch-nums 1,2,3,4,5,6,8 --batch 32 --json
 	$(PY) benchmarks/train_step_vs_ref.py
+	PYTHON=$(PY) bash benchmarks/accelerator.sh --quick --out reports/accelerator-quick
+
+# On a GPU machine (docs/benchmarks.md): make bench-accelerator [VAR_ARCHIVE=official-var.tar.gz]
+bench-accelerator:
+	bash benchmarks/accelerator.sh $(if $(VAR_ARCHIVE),--var-archive $(VAR_ARCHIVE)) --out reports/accelerator
 
 # make sweep SWEEP=sweeps/x.yaml [BACKEND=local|lanes|ray|tpu] [RUNS=a,b] [LIMIT=K]
 #            [DRY_RUN=1] [TPU_LAUNCHER=gcloud|xpk] [RAY_ADDRESS=host:port] [OUT_DIR=dir]

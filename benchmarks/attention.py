@@ -130,6 +130,27 @@ def builds(args) -> list[dict]:
   return rows
 
 
+def cases(args, parser) -> list[tuple[str, str, int]]:
+  """(shape, model, batch) to time: --cases, else --quick's one, else all at --batch."""
+  if not args.cases:
+    return [(shape, model, args.batch) for shape in SHAPES for model in HEADS
+            if not args.quick or (shape, model) == ("VAR-256", "d16")]
+  out = []
+  for item in args.cases.split(","):
+    parts = item.split(":")
+    if len(parts) not in (2, 3) or parts[0] not in SHAPES or parts[1] not in HEADS:
+      parser.error(f"--cases: {item!r} is not SHAPE:MODEL[:BATCH] with SHAPE in "
+                   f"{', '.join(SHAPES)} and MODEL in {', '.join(HEADS)}")
+    try:
+      batch = int(parts[2]) if len(parts) == 3 else args.batch
+    except ValueError:
+      parser.error(f"--cases: batch {parts[2]!r} in {item!r} is not an integer")
+    if batch < 1:
+      parser.error(f"--cases: batch must be >= 1 in {item!r}")
+    out.append((parts[0], parts[1], batch))
+  return out
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--batch", type=int, default=1)
@@ -140,6 +161,9 @@ def main() -> None:
                       help="on CPU also time the Pallas kernels in interpret mode")
   parser.add_argument("--quick", action="store_true", help="VAR-256 at d16 only")
   parser.add_argument("--impls", default=None, help="comma-separated subset")
+  parser.add_argument("--cases", default=None,
+                      help="SHAPE:MODEL[:BATCH],... e.g. VAR-256:d16:32,VAR-512:d30:4 "
+                           "(default: every shape x model at --batch)")
   parser.add_argument("--tune", action="store_true",
                       help="time the Pallas kernel's Triton launch settings (GPU)")
   parser.add_argument("--builds", action="store_true",
@@ -183,24 +207,22 @@ def main() -> None:
     return
   impls = args.impls.split(",") if args.impls else available(args.interpret)
   rows = []
-  for shape, pn in SHAPES.items():
-    for model, heads in HEADS.items():
-      if args.quick and (shape != "VAR-256" or model != "d16"):
+  for shape, model, batch in cases(args, parser):
+    pn, heads = SHAPES[shape], HEADS[model]
+    flops = useful_flops(pn, batch, heads, 64, args.backward)
+    base = None
+    for impl in impls:
+      try:
+        seconds = time_impl(impl, pn, batch, heads, dtype, args.backward, args.repeats)
+      except Exception as e:  # an impl this backend cannot run: report, keep going
+        rows.append({"shape": shape, "model": model, "impl": impl,
+                     "error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"})
         continue
-      flops = useful_flops(pn, args.batch, heads, 64, args.backward)
-      base = None
-      for impl in impls:
-        try:
-          seconds = time_impl(impl, pn, args.batch, heads, dtype, args.backward, args.repeats)
-        except Exception as e:  # an impl this backend cannot run: report, keep going
-          rows.append({"shape": shape, "model": model, "impl": impl,
-                       "error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"})
-          continue
-        base = seconds if impl == "xla" else base
-        rows.append({"shape": shape, "L": scales.num_tokens(pn), "model": model,
-                     "heads": heads, "impl": impl, "ms": 1e3 * seconds,
-                     "useful_tflops": flops / seconds / 1e12,
-                     "speedup_vs_xla": (base / seconds) if base else None})
+      base = seconds if impl == "xla" else base
+      rows.append({"shape": shape, "L": scales.num_tokens(pn), "model": model,
+                   "heads": heads, "batch": batch, "impl": impl, "ms": 1e3 * seconds,
+                   "useful_tflops": flops / seconds / 1e12,
+                   "speedup_vs_xla": (base / seconds) if base else None})
   device = jax.devices()[0].device_kind
   if args.json:
     print(json.dumps({"device": device, "backend": backend, "dtype": str(dtype),
