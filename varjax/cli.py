@@ -206,7 +206,8 @@ def _cmd_sample(args) -> None:
     drafter_cfg = store.read_model_config(args.var, "VAR model")
     refiner_cfg = store.read_model_config(args.refiner, "VAR model")
     sampling.check_collaborative(drafter_cfg.model, refiner_cfg.model, args.switch_scale)
-    _check_one_tokenizer(args.var, drafter_cfg, args.refiner, refiner_cfg)
+    from varjax.eval import fid
+    fid.check_one_tokenizer(args.var, drafter_cfg, args.refiner, refiner_cfg)
   model, params, cfg = store.load_var(args.var)
   tokenizer, tok_params, tok_cfg = store.load_tokenizer(args.tokenizer)
   store.check_same_tokens(cfg, tok_cfg)
@@ -286,24 +287,6 @@ def _check_search_flags(args) -> None:
   if args.search_scales and args.refiner:
     raise VarjaxError("scale-wise search (--search-scales) samples with one model; with "
                       "--refiner use best-of-K (drop --search-scales)")
-
-
-def _check_one_tokenizer(drafter_dir: str, drafter_cfg, refiner_dir: str, refiner_cfg) -> None:
-  """Two models trained on different tokenizers (recorded as data.tokenizer or in
-  summary.json) cannot share a sample, even when codebook sizes agree. Paths that do not
-  exist here cannot be compared and pass; copies are compared by their parameters."""
-  from varjax.eval import features, fid
-  recorded = [cfg.data.tokenizer or fid.read_summary(d).get("tokenizer")
-              for d, cfg in ((drafter_dir, drafter_cfg), (refiner_dir, refiner_cfg))]
-  if not all(recorded) or os.path.realpath(recorded[0]) == os.path.realpath(recorded[1]):
-    return
-  params = [os.path.join(t, "params.msgpack") for t in recorded]
-  if not all(os.path.isfile(p) for p in params):
-    return
-  if features.file_fingerprint(params[0]) != features.file_fingerprint(params[1]):
-    raise VarjaxError(f"the drafter {drafter_dir} was trained on the tokenizer {recorded[0]} "
-                      f"and the refiner {refiner_dir} on {recorded[1]}: collaborative "
-                      "sampling needs one tokenizer")
 
 
 def _cmd_train(args) -> None:

@@ -1,4 +1,4 @@
-"""`varjax eval ...`: fid, stats, features train, convert-inception (docs/eval.md).
+"""`varjax eval ...`: fid, sampling, stats, features train, convert-inception (docs/eval.md).
 
 `add_parser(commands)` wires the subcommands into the main `varjax` parser; user mistakes
 raise VarjaxError, which the main command prints as one line.
@@ -45,6 +45,54 @@ def _cmd_fid(args) -> None:
         f"[{ref['split']}], {ref['count']} images; {result['seconds']} s)")
   print(f"written to {os.path.join(args.run, fid.SUMMARY_FILE)}"
         + (f"; samples in {result['grid']}" if result["grid"] else ""))
+
+
+def _cmd_sampling(args) -> None:
+  from varjax import progress
+  from varjax.eval import sampling_table as table, verifiers
+  from varjax.models import sampling
+  table.check_out(args.out)
+  if args.num_images is not None and args.num_images < 2:
+    raise VarjaxError(f"--num-images must be >= 2, got {args.num_images}")
+  if args.batch_size < 1:
+    raise VarjaxError(f"--batch-size must be >= 1, got {args.batch_size}")
+  if args.fd_bootstrap < 0:
+    raise VarjaxError(f"--fd-bootstrap must be >= 0, got {args.fd_bootstrap}")
+  if not 0 < args.coverage_threshold <= 1:
+    raise VarjaxError(f"--coverage-threshold must be in (0, 1], got {args.coverage_threshold}")
+  for k in args.best_of:
+    if k < 1:
+      raise VarjaxError(f"--best-of must be >= 1 (samples per image), got {k}")
+  runs = [r for r in args.runs.split(",") if r]
+  configs = table.configurations(runs, args.refiner, args.switch_scale, args.best_of)
+  table.check(configs, args.verifier)
+  protocol = sampling.SamplingProtocol(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
+                                       seed=args.seed)
+  network = _network(args)
+  num = args.num_images or (DEFAULT_SAMPLES_FID if network.metric == "fid"
+                            else DEFAULT_SAMPLES_FD)
+  verifier = verifier_flops = None
+  if args.best_of:
+    verifier = verifiers.ClassConfidence(args.verifier)
+    verifier_flops = verifier.flops_per_image()
+  rows, setups = [], {}
+  for c in progress.bar(configs, desc="configurations", unit="config",
+                        enabled=None if len(configs) > 1 else False):
+    rows.append(table.measure(
+        c, network, num_images=num, batch_size=args.batch_size, protocol=protocol,
+        tokenizer_dir=args.tokenizer, reference_split=args.reference_split,
+        data_dir=args.data_dir, cache_dir=args.stats_dir, verifier=verifier,
+        verifier_flops=verifier_flops, coverage_threshold=args.coverage_threshold,
+        fd_bootstrap=args.fd_bootstrap, setups=setups))
+    r = rows[-1]
+    interval = ("" if r["quality_low"] is None
+                else f" [{r['quality_low']:.4g}, {r['quality_high']:.4g}]")
+    print(f"{r['config']:<28} {r['metric']} {r['quality']:.4g}{interval}  "
+          f"{r['images_per_s']:.4g} images/s  {r['sampling_flops_per_image']:.4g} sampling "
+          f"FLOPs/image" + (f"  verifier score {r['verifier_mean_score']:.3f}"
+                            if r["verifier_mean_score"] is not None else ""), flush=True)
+    table.write_table(rows, args.out)  # after every row: an interrupted table keeps its rows
+  print(f"{len(rows)} configurations, {num} images each -> {args.out} (columns: docs/eval.md)")
 
 
 def _cmd_stats(args) -> None:
@@ -139,6 +187,41 @@ def add_parser(commands) -> None:
   fid.add_argument("--no-grid", action="store_true", help="no PNG grid of samples")
   fid.add_argument("--json", action="store_true")
   fid.set_defaults(func=_cmd_fid)
+
+  samp = evaluate.add_parser(
+      "sampling", help="fd/FID, images/s, wall time, memory and FLOPs of sampler "
+                       "configurations -> a table (CSV/JSONL) that `analysis plan` reads")
+  samp.add_argument("--runs", required=True, metavar="DIR[,DIR...]",
+                    help="run (model) directories: each is sampled plainly, as the drafter of "
+                         "every --refiner pair and best-of-K for every --best-of")
+  samp.add_argument("--refiner", action="append", default=[], metavar="RUN",
+                    help="collaborative decoding: the model that samples from --switch-scale "
+                         "on (repeatable; paired with the --switch-scale in the same place)")
+  samp.add_argument("--switch-scale", action="append", type=int, default=[], metavar="K",
+                    help="the scales before K are drafted by the run (0..num_scales)")
+  samp.add_argument("--best-of", action="append", type=int, default=[], metavar="K",
+                    help="best-of-K search by --verifier (repeatable)")
+  samp.add_argument("--verifier", default=None, metavar="DIR",
+                    help="feature network whose class confidence scores best-of-K candidates")
+  samp.add_argument("--coverage-threshold", type=float, default=0.5, metavar="T",
+                    help="coverage = the fraction of images whose chosen score is >= T")
+  samp.add_argument("--tokenizer", default=None,
+                    help="tokenizer directory (default: each run's data.tokenizer)")
+  _add_network_args(samp)
+  samp.add_argument("--num-images", type=int, default=None,
+                    help=f"samples per configuration (default: {DEFAULT_SAMPLES_FID:,} for "
+                         f"fid, {DEFAULT_SAMPLES_FD:,} for fd_<network>)")
+  samp.add_argument("--batch-size", type=int, default=64, help="samples per sampling batch")
+  samp.add_argument("--cfg", type=float, default=1.5, help="guidance at the last scale")
+  samp.add_argument("--top-k", type=int, default=900, help="0 = off")
+  samp.add_argument("--top-p", type=float, default=0.96, help="0 = off")
+  samp.add_argument("--seed", type=int, default=0)
+  samp.add_argument("--reference-split", default=None,
+                    help="data split of the reference statistics (default: data.train_split)")
+  samp.add_argument("--fd-bootstrap", type=int, default=20, metavar="B",
+                    help="resamples of the sample set for the distance's 95%% interval (0: none)")
+  samp.add_argument("--out", required=True, help="the table: FILE.csv or FILE.jsonl")
+  samp.set_defaults(func=_cmd_sampling)
 
   stats = evaluate.add_parser(
       "stats", help="reference statistics of a data split (computed once, cached)")

@@ -53,3 +53,12 @@ class ClassConfidence:
     x = np.round(np.clip(images, 0, 1) * 255) / 255  # as uint8, like the evaluation
     probs = np.asarray(self._probs(jnp.asarray(x, jnp.float32)))
     return probs[np.arange(len(labels)), labels]
+
+  def flops_per_image(self, batch: int = 64) -> float | None:
+    """FLOPs of scoring one image: XLA's cost analysis of the compiled network on `batch`
+    images, divided by `batch`; None where the backend reports none."""
+    x = jax.ShapeDtypeStruct((batch, self.resolution, self.resolution, 3), jnp.float32)
+    cost = self._probs.lower(x).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = (cost or {}).get("flops")
+    return float(flops) / batch if flops and flops > 0 else None
