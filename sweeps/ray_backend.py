@@ -21,8 +21,14 @@ would carry one run's footprint into the next. A task whose worker dies (out of 
 node lost) is not retried by Ray (`max_retries=0`): it is recorded as failed with Ray's
 message, and `make sweep` again resumes it from its last checkpoint. A task that cannot
 find its run (the spec changed since the driver read it) records its failure itself,
-since varjax's errors do not survive Ray's pickling back to the driver. Ctrl-C cancels
-the outstanding tasks and stops a local instance.
+since varjax's errors do not survive Ray's pickling back to the driver.
+
+Ctrl-C cancels the outstanding tasks: a queued one never starts, a running one gets
+KeyboardInterrupt and stops as `varjax train` does on Ctrl-C (at the end of its step it
+saves a checkpoint), then records "interrupted". The driver waits until every cancelled
+task has returned or its worker has died, normally seconds, at most CANCEL_GRACE_S; a task
+still going after that, or when Ctrl-C comes again, is killed and the driver records its
+run as interrupted itself (`"recorded_by": "driver"`). Then a local instance is stopped.
 """
 
 from __future__ import annotations
@@ -41,7 +47,14 @@ from sweeps.spec import Run, Sweep
 
 # Where Ray logs that it turned token authentication on for a new local instance.
 AUTH_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
-CANCEL_GRACE_S = 10.0  # Ctrl-C: how long cancelled runs get to record their interruption
+# Ctrl-C: the longest wait for the cancelled tasks to stop by themselves. The wait ends as
+# soon as each has returned or its worker died; this only bounds a stuck one (a hung save,
+# a lost node). A fixed 10 s was too short: on a loaded 2-core machine a tiny run hit in its
+# first step's compile took 108 s to finish the step, save and record (load average 10),
+# and stopping the instance at 10 s killed the worker mid-save: no "interrupted" event, a
+# half-written checkpoint left behind.
+CANCEL_GRACE_S = 300.0
+KILL_WAIT_S = 30.0  # after killing the tasks left: the longest wait for their workers to go
 
 
 def run_ray(sweep: Sweep, runs: list[Run], *, address: str | None = None,
@@ -158,13 +171,65 @@ def _run_tasks(sweep: Sweep, runs: list[Run], log) -> dict[str, dict[str, Any]]:
         log(f"[{len(outcomes)}/{len(runs)}]{launch.format_outcomes([outcome])}")
         pending += submit(waiting.pop(outcome["run"], []))
   except KeyboardInterrupt:
-    # A running task gets KeyboardInterrupt, which run_one records as "interrupted"
-    # before the instance goes down; a queued one never starts.
-    for ref in pending:
-      ray.cancel(ref)
-    ray.wait(pending, num_returns=len(pending), timeout=CANCEL_GRACE_S)
+    _stop(ray, pending, refs, submitted, log)
     raise
   return outcomes
+
+
+def _stop(ray, pending: list, refs: dict, submitted: float, log) -> None:
+  """Ctrl-C: cancels the outstanding tasks and waits until each has stopped (returned, or
+  its worker died), at most CANCEL_GRACE_S. A running task records "interrupted" itself
+  (run_one), a queued one never starts. The tasks still going after the grace, or at a
+  second Ctrl-C, are killed, and their runs recorded as interrupted here."""
+  if not pending:
+    return
+  for ref in pending:
+    ray.cancel(ref)
+  log(f"ray: Ctrl-C: cancelled {len(pending)} task(s); waiting up to {CANCEL_GRACE_S:.0f} s "
+      "for the running ones to save a checkpoint and record their interruption "
+      "(Ctrl-C again stops them at once)")
+  try:
+    _, left = ray.wait(pending, num_returns=len(pending), timeout=CANCEL_GRACE_S)
+    why = f"still running after {CANCEL_GRACE_S:.0f} s"
+  except KeyboardInterrupt:
+    _, left = ray.wait(pending, num_returns=len(pending), timeout=0)
+    why = "Ctrl-C again"
+  if not left:
+    return
+  for ref in left:
+    ray.cancel(ref, force=True)  # kills the task's worker
+  ray.wait(left, num_returns=len(left), timeout=KILL_WAIT_S)
+  recorded = record_killed([refs[ref] for ref in left], submitted)
+  log(f"ray: {why}: killed {len(left)} task(s)"
+      + (f"; recorded as interrupted: {', '.join(recorded)}" if recorded else ""))
+
+
+def record_killed(runs: list[Run], since: float) -> list[str]:
+  """Records "interrupted" for each of `runs` whose task was killed after starting it: its
+  last registry event is a "started" at or after `since`, and no process holds its lock
+  (the kernel drops a dead worker's). Returns the names recorded."""
+
+  def started_last(run: Run) -> dict[str, Any] | None:
+    mine = [e for e in registry.events(run.config.run.out_dir) if e["run"] == run.name]
+    if mine and mine[-1]["event"] == "started" and mine[-1]["time"] >= since:
+      return mine[-1]
+    return None
+
+  recorded = []
+  for run in runs:
+    if started_last(run) is None:  # never started, or recorded its own outcome
+      continue
+    try:
+      with registry.run_lock(run.directory):
+        started = started_last(run)  # again, under the lock
+        if started is not None:
+          registry.append_event(run.config.run.out_dir, run.name, "interrupted",
+                                seconds=time.time() - started["time"], backend="ray",
+                                recorded_by="driver")
+          recorded.append(run.name)
+    except registry.Busy:  # a live process trains it: it records its own outcome
+      pass
+  return recorded
 
 
 def _collect(ray, ref, run: Run, submitted: float) -> dict[str, Any]:

@@ -196,6 +196,16 @@ def test_ray_tasks_that_die_or_cannot_start_are_recorded_failures(setup, tmp_pat
   assert sum("failed" in line for line in lines) == 2
 
 
+def _interrupt_when_started() -> None:
+  """Ctrl-C (KeyboardInterrupt in the main thread) as soon as a run has started."""
+  def interrupt():
+    deadline = time.time() + 240
+    while time.time() < deadline and not registry.events("runs/tiny"):
+      time.sleep(0.2)
+    _thread.interrupt_main()
+  threading.Thread(target=interrupt, daemon=True).start()
+
+
 @pytest.mark.slow
 def test_ray_interrupted_cancels_its_tasks_and_stops_the_local_instance(setup, tmp_path,
                                                                         monkeypatch):
@@ -206,16 +216,47 @@ def test_ray_interrupted_cancels_its_tasks_and_stops_the_local_instance(setup, t
   sweep = spec_lib.load(_write_spec(str(tmp_path), setup, budgets={"tokens": [960000]}))
   run = sweep.runs[0]  # 2000 steps: still training when Ctrl-C comes
 
-  def interrupt_when_started():
-    deadline = time.time() + 240
-    while time.time() < deadline and not registry.events("runs/tiny"):
-      time.sleep(0.2)
-    _thread.interrupt_main()
-  threading.Thread(target=interrupt_when_started, daemon=True).start()
+  _interrupt_when_started()
   with pytest.raises(KeyboardInterrupt):
     ray_backend.run_ray(sweep, [run], log=lambda line: None)
   assert not ray.is_initialized()
-  assert [e["event"] for e in registry.events("runs/tiny")] == ["started", "interrupted"]
+  # run_ray returns once the cancelled task has stopped, however long that takes on a
+  # loaded machine (up to CANCEL_GRACE_S): the task recorded its interruption itself.
+  events = registry.events("runs/tiny")
+  assert [e["event"] for e in events] == ["started", "interrupted"]
+  assert "recorded_by" not in events[-1]
+  assert registry.status(run.directory) == "interrupted"
+
+
+@pytest.mark.slow
+def test_ray_task_still_running_after_the_grace_is_killed_and_recorded(setup, tmp_path,
+                                                                       monkeypatch):
+  import ray
+
+  from sweeps import ray_backend
+  # A task that does not stop when cancelled (stuck in a long C call, a hung save): the
+  # polite cancel reaches nobody, the grace runs out, the driver kills and records it.
+  real_cancel = ray.cancel
+
+  def cancel(ref, force=False):
+    if force:
+      real_cancel(ref, force=True)
+  monkeypatch.setattr(ray, "cancel", cancel)
+  monkeypatch.setattr(ray_backend, "CANCEL_GRACE_S", 1.0)
+  monkeypatch.chdir(tmp_path)
+  sweep = spec_lib.load(_write_spec(str(tmp_path), setup, budgets={"tokens": [960000]}))
+  run = sweep.runs[0]
+
+  _interrupt_when_started()
+  lines = []
+  with pytest.raises(KeyboardInterrupt):
+    ray_backend.run_ray(sweep, [run], log=lines.append)
+  assert not ray.is_initialized()
+  assert lines[-1] == ("ray: still running after 1 s: killed 1 task(s); recorded as "
+                       f"interrupted: {run.name}")
+  events = registry.events("runs/tiny")
+  assert [e["event"] for e in events] == ["started", "interrupted"]
+  assert events[-1]["recorded_by"] == "driver" and events[-1]["backend"] == "ray"
   assert registry.status(run.directory) == "interrupted"
 
 
