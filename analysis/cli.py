@@ -223,9 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
                     metavar="N=..,D=..[,U=..]", help="a point (repeatable)")
   pred.add_argument("--json", action="store_true", help="print JSON")
   pred.set_defaults(func=cmd_predict)
-  from analysis import extrapolate, hparams
+  from analysis import critical_batch, extrapolate, hparams
   extrapolate.add_parser(sub)
   hparams.add_parser(sub)
+  critical_batch.add_parser(sub)
   return parser
 
 
