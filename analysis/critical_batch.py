@@ -39,9 +39,10 @@ from analysis.validate import AnalysisError
 
 NUM_TARGETS = 4
 MIN_TARGETS_FOR_LAW = 3
-# Eval points further apart than this x S_min around a crossing: B_crit biased low (on the
-# synthetic sweeps of tests/test_analysis_critical_batch.py, 0.2 S_min: -0.5%, 0.4: -2%,
-# 0.8: -10%), and the target gets a note.
+# Eval points around a crossing further apart than this x the run's S: B_crit biased low
+# (on the synthetic sweeps of tests/test_analysis_critical_batch.py, where the largest
+# batch's S is about S_min: 0.2 S: -0.5%, 0.4 S: -2.3%, 0.75 S: -10%); the target gets a
+# note.
 COARSE = 0.25
 KAPLAN = {"B_star": 2e8, "alpha_B": 0.21}  # Kaplan et al. 2020, B in tokens, L in nats
 INTERPOLATION = ("linear in steps between the two logged eval points around the first "
@@ -160,12 +161,12 @@ def analyse(curves: list[Curve], targets=None) -> dict:
     else:
       try:
         row.update(fit_hyperbola(batches, np.array([p["steps"] for p in points])))
-        width = max((p["bracket"][1] - p["bracket"][0]) / row["S_min"] for p in points)
-        row["max_bracket_over_S_min"] = width
+        width = max((p["bracket"][1] - p["bracket"][0]) / p["steps"] for p in points)
+        row["max_relative_bracket"] = width
         if width > COARSE:
-          row["note"] = (f"loss {target:.4g}: logged eval points up to {width:.2g} S_min "
-                         f"apart around a crossing (over {COARSE:g}): linear interpolation "
-                         "of a convex curve puts the fast runs' S late, so B_crit is low")
+          row["note"] = (f"loss {target:.4g}: logged eval points up to {width:.2g} x S apart "
+                         f"around a crossing (over {COARSE:g}): linear interpolation of a "
+                         "convex curve puts the fast runs' S late, so B_crit is low")
       except AnalysisError as e:
         row["skipped"] = f"loss {target:.4g}: {e}"
     rows.append(row)

@@ -274,8 +274,8 @@ def _interval(estimate: float, values, num_cells: int, num_params: int,
 def law_report(coef: dict, boot: list[dict], batch_form: str, num_cells: int) -> dict:
   def block(names):
     iv = {k: _interval(coef[k], [b[k] for b in boot], num_cells, len(names),
-                       log=k in ("a", "d")) for k in names}
-    return {**{k: coef[k] for k in names}, "interval_95": iv if boot else None}
+                       log=k in ("a", "d")) for k in names} if boot else None
+    return {**{k: coef[k] for k in names}, "interval_95": iv}
   lr_names = ("a", "b", "c")
   batch_names = ("d", "e") if batch_form == "D" else ("d", "f", "e")
   return {"lr": {"form": LR_FORM, **block(lr_names)},

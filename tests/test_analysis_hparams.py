@@ -139,6 +139,12 @@ def test_cli_json_text_and_plots(tmp_path, capsys):
   rc, out, err = run_cli(capsys, "hparams", "--csv", csv, "--bootstrap", "20")
   assert rc == 0, err
   assert "lr_opt    =" in out and "backtest (refit without N = 1e+09)" in out
+  rc, out, err = run_cli(capsys, "hparams", "--csv", csv, "--bootstrap", "0", "--json",
+                         "--at", "N=1e8,D=1e10")
+  assert rc == 0 and err == "", err
+  report = json.loads(out)
+  assert report["law"]["lr"]["interval_95"] is None
+  assert report["predict"][0]["lr_interval"] is None
 
 
 def test_registry_peak_lr(tmp_path, capsys):
