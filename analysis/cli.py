@@ -68,6 +68,9 @@ def cmd_forecast(args) -> dict:
 
 
 def cmd_plan(args) -> dict:
+  if args.images is not None:  # a quality target for M images: analysis/sampling.py
+    from analysis import sampling
+    return sampling.plan(args)
   return pipeline.plan(args)
 
 
@@ -94,6 +97,8 @@ def check_args(args) -> None:
                         "varies with N)")
   if args.command == "fit" and args.law == "auto" and args.no_backtest:
     raise AnalysisError("--law auto chooses by backtest; drop --no-backtest")
+  if args.command == "plan":
+    _check_plan_args(args)
   if args.command == "forecast" and not args.at and not args.flops and not args.heldout:
     raise AnalysisError("give --at N=...,D=..., --flops C and/or --heldout DIR")
   if getattr(args, "heldout", None) and not os.path.isdir(args.heldout):
@@ -106,6 +111,29 @@ def check_args(args) -> None:
     check_output_file(args.save, "--save")
   if getattr(args, "law_file", None) and not os.path.isfile(args.law_file):
     raise AnalysisError(f"--law-file {args.law_file}: no such file")
+
+
+def _check_plan_args(args) -> None:
+  """plan: a training budget (--flops), or M images at a quality target."""
+  target = args.target_fd is not None or args.target_fid is not None
+  if args.images is None:
+    if target or args.sampling_table:
+      raise AnalysisError("--target-fd/--target-fid/--sampling-table plan M images: add "
+                          "--images M")
+    if args.plan_flops is None:
+      raise AnalysisError("give --flops C (a training budget) or --images M with --target-fd "
+                          "X or --target-fid F")
+    return
+  if args.plan_flops is not None:
+    raise AnalysisError("give --flops C (a training budget) or --images M (a quality target), "
+                        "not both")
+  if not target:
+    raise AnalysisError("--images M needs a target: --target-fd X or --target-fid F")
+  if not args.sampling_table and not args.runs:
+    raise AnalysisError("--images M chooses among --sampling-table FILE (`varjax eval "
+                        "sampling`) and/or the --runs registry; give one")
+  if args.csv:
+    raise AnalysisError("--images M reads --sampling-table and --runs, not --csv")
 
 
 # ---------------------------------------------------------------- parser
@@ -190,9 +218,21 @@ def build_parser() -> argparse.ArgumentParser:
   _heldout_arg(fc)
   _unique_tokens_arg(fc)
   fc.set_defaults(func=cmd_forecast, no_backtest=True)
-  plan = sub.add_parser("plan", help="N_opt, D_opt, loss/FID and wall time for a budget")
+  plan = sub.add_parser("plan", help="N_opt, D_opt, loss/FID and wall time for a budget; "
+                                     "or the model and sampler for M images at a target")
   _data_args(plan)
-  plan.add_argument("--flops", dest="plan_flops", type=positive_number, required=True)
+  plan.add_argument("--flops", dest="plan_flops", type=positive_number, default=None,
+                    help="the training budget to split into N_opt, D_opt")
+  plan.add_argument("--images", type=positive_number, default=None, metavar="M",
+                    help="instead of --flops: the (model, sampler) reaching --target-fd/"
+                         "--target-fid for M images at the least training + sampling FLOPs")
+  target = plan.add_mutually_exclusive_group()
+  target.add_argument("--target-fd", type=positive_number, default=None, metavar="X",
+                      help="--images: the fd_<network> to reach (<= X)")
+  target.add_argument("--target-fid", type=positive_number, default=None, metavar="F",
+                      help="--images: the FID to reach (<= F)")
+  plan.add_argument("--sampling-table", default=None, metavar="FILE",
+                    help="--images: the candidates measured by `varjax eval sampling`")
   plan.add_argument("--law", choices=[*LND, *U_LAWS], default="chinchilla")
   _law_file_arg(plan)
   _hardware_args(plan)
