@@ -156,3 +156,12 @@ def test_mistakes_are_one_line(dirs, tmp_path, capsys):
     rc, _, err = _cli(capsys, *argv)
     assert rc == 2 and len(err.strip().splitlines()) == 1 and message in err, (extra, err)
   assert not (tmp_path / "t.csv").exists()
+
+
+def test_configurations(tmp_path):
+  a, b = str(tmp_path / "a"), str(tmp_path / "b")
+  configs = sampling_table.configurations([a, b], [b], [2], [1, 4])
+  assert [(c.sampler, c.name) for c in configs] == [
+      ("plain", "a"), ("plain", "b"), ("collaborative", "a>b@2"),  # b>b@2 is b alone
+      ("best_of_k", "a best-of-1"), ("best_of_k", "a best-of-4"),
+      ("best_of_k", "b best-of-1"), ("best_of_k", "b best-of-4")]

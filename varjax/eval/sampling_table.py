@@ -9,7 +9,7 @@ Configurations: every run sampled plainly; every run as the drafter of every (--
 --best-of K under --verifier. Each row holds the configuration's fd_<network> (or fid),
 measured as `varjax eval fid` measures it (fid.prepare, fid.generate, the same labels,
 keys and reference statistics; nothing is written into the runs), a 95% bootstrap interval
-of that distance over the sample set, images/s and wall time of sampling (compilation
+of that distance over the sample set (basic bootstrap, fd_with_interval), images/s and wall time of sampling (compilation
 excluded: one untimed batch compiles first), the process's peak memory, sampling FLOPs per
 image (varjax/models/sampling_cost.py; best-of-K: K samples plus K verifier calls), the
 verifier's scores, and each run's N and training FLOPs from its summary.json. Columns:
@@ -65,12 +65,14 @@ class Config:
 
 def configurations(runs: Sequence[str], refiners: Sequence[str] = (),
                    switches: Sequence[int] = (), best_of: Sequence[int] = ()) -> list[Config]:
-  """Plain per run, then each run with each (refiner, switch) pair, then each run best-of-K."""
+  """Plain per run, then each run with each (refiner, switch) pair (except itself: a model
+  paired with itself samples what it samples alone), then each run best-of-K."""
   if len(refiners) != len(switches):
     raise VarjaxError(f"each --refiner needs its --switch-scale (in the same order): got "
                       f"{len(refiners)} --refiner and {len(switches)} --switch-scale")
   out = [Config("plain", r) for r in runs]
-  out += [Config("collaborative", r, ref, int(k)) for r in runs for ref, k in zip(refiners, switches)]
+  out += [Config("collaborative", r, ref, int(k)) for r in runs
+          for ref, k in zip(refiners, switches) if os.path.realpath(r) != os.path.realpath(ref)]
   out += [Config("best_of_k", r, k=int(k)) for r in runs for k in best_of]
   return out
 
@@ -125,8 +127,10 @@ def peak_memory() -> tuple[int, str]:
 
 def fd_with_interval(network, samples_uint8: np.ndarray, ref, replicates: int, seed: int,
                      progress: bool | None = None) -> tuple[float, float | None, float | None]:
-  """The distance of the samples' features to `ref` and a 95% percentile interval over
-  `replicates` resamples (with replacement) of the sample set; no interval for 0."""
+  """The distance of the samples' features to `ref` and a 95% basic bootstrap interval over
+  `replicates` resamples (with replacement) of the sample set, [2 d - q97.5, 2 d - q2.5]
+  clipped at 0: a resample repeats images, which raises its distance, so the percentile
+  interval itself would sit above d. No interval for 0 replicates."""
   from varjax import progress as progress_lib
   from varjax.eval.frechet import FeatureStats
   chunk = network.batch_size * 4
@@ -140,7 +144,7 @@ def fd_with_interval(network, samples_uint8: np.ndarray, ref, replicates: int, s
   draws = [FeatureStats.from_features(feats[rng.integers(0, len(feats), len(feats))]).distance(ref)
            for _ in range(replicates)]
   low, high = np.percentile(draws, [2.5, 97.5])
-  return value, float(low), float(high)
+  return value, max(0.0, 2 * value - float(high)), max(0.0, 2 * value - float(low))
 
 
 def measure(c: Config, network, *, num_images: int, batch_size: int,
