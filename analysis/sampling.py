@@ -325,7 +325,8 @@ def plan(args) -> dict:
   fit = None
   notes = []
   try:
-    fit = fit_quality(data["flops_per_image"], data["quality"], bootstrap=200, seed=args.seed)
+    fit = fit_quality(data["flops_per_image"], data["quality"],
+                      bootstrap=args.bootstrap or 200, seed=args.seed)
   except AnalysisError as e:
     notes.append(f"no quality fit: {e}")
   low, high, source = [], [], []
