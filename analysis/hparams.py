@@ -603,6 +603,9 @@ def run_command(args) -> dict:
   report, cells, coef, boot = analyse(*values, tolerance=args.tolerance,
                                       replicates=args.bootstrap, seed=args.seed, at=args.at,
                                       fit_on=args.fit_on)
+  # What the laws' N, D and batch are (a next sweep's `rule: fitted` reads them: the
+  # registry's global_batch_size counts images per step, Step Law's B tokens)
+  report["columns"] = {k: getattr(args, f"{k}_col") for k in ("n", "d", "lr", "batch", "loss")}
   if args.plot_dir:
     report["plots"] = plot(report, cells, coef, boot, args.plot_dir)
   report["text"] = summary_text(report)
