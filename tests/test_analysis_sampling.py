@@ -136,3 +136,39 @@ def test_unreachable_and_bad_input_are_one_line(tmp_path, capsys):
   ):
     rc, out, err = run_cli(capsys, "plan", *argv)
     assert rc == 2 and len(err.strip().splitlines()) == 1 and message in err, (argv, err)
+
+
+def test_registry_runs_are_plain_candidates(tmp_path, capsys):
+  """Runs with fd in summary.json: plain sampling at their config's exact FLOPs per image
+  (guided unless the recorded protocol says cfg 0), intervals from the quality fit."""
+  from varjax import config
+  from varjax.config import ModelConfig
+  from varjax.models.sampling_cost import sampling_cost
+  models = {}
+  for i, width in enumerate((16, 32, 48, 64, 96)):
+    model = ModelConfig(depth=2, width=width, heads=4, vocab_size=23, latent_channels=8,
+                        num_classes=5, patch_nums=(1, 2, 3, 4))
+    run = tmp_path / "reg" / f"w{width}"
+    run.mkdir(parents=True)
+    config.replace(config.Config(), model=config.to_dict(model)).save(str(run / "config.json"))
+    (run / "params.msgpack").write_bytes(b"")  # never read
+    cfg = 0.0 if width == 16 else 1.5
+    (run / "summary.json").write_text(json.dumps({
+        "params": 1e4 * (i + 1), "tokens": 1e6, "flops_exact": 1e11 * (i + 1), "loss": 4.0,
+        "fd_tiny": float(law(sampling_cost(model, guided=cfg > 0)["total"], 5, 20, 0.4, 1e6)),
+        "sample_protocol": {"metric": "fd_tiny", "cfg": cfg}}))
+    models[width] = (model, cfg)
+  want = law(sampling_cost(models[48][0], guided=True)["total"], 5, 20, 0.4, 1e6)
+  rc, out, err = run_cli(capsys, "plan", "--runs", tmp_path / "reg", "--images", "1e3",
+                         "--target-fd", float(want) + 1e-9, "--json")
+  assert rc == 0, err
+  r = json.loads(out)
+  c = r["choice"]
+  assert c["config"] == "w48" and c["source"] == "registry" and c["interval_source"] == "fit"
+  assert c["flops_per_image"] == sampling_cost(models[48][0], guided=True)["total"]
+  lo, hi = c["quality_interval_95"]
+  assert lo <= c["quality"] <= hi
+  assert r["cost"]["training_flops"] == 3e11
+  assert r["quality_fit"]["alpha"] == pytest.approx(0.4, rel=1e-3)
+  unguided = [row for row in r["table"] if row["config"] == "w16"][0]
+  assert unguided["sampling_flops"] == 1e3 * sampling_cost(models[16][0], guided=False)["total"]
