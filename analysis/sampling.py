@@ -11,9 +11,10 @@ mean of the fitted F (A is the excess over the floor at F0). Least squares of re
 residuals fit / q - 1 (fd spans orders of magnitude), bounds 0 <= q_inf <= min q, A >= 0,
 1e-3 <= alpha <= 5: at fixed alpha the problem is linear in (q_inf, A) and solved exactly
 on its box, so the fit profiles alpha from a grid of 41 starts refined by a bounded scalar
-search; 95% percentile intervals from a bootstrap over points. `fit_quality` fits any set of points: the planner fits across every candidate of
-the target's metric (models and sampler configurations together: the frontier of quality
-against sampling cost); pass one run's rows for a per-model law.
+search; 95% percentile intervals from a bootstrap over points. `fit_quality` fits any set
+of points: the planner fits across every candidate of the target's metric (models and
+sampler configurations together: the frontier of quality against sampling cost); pass one
+run's rows for a per-model law.
 
 Coverage: c(K) = exp(a K^b) (Brown et al. 2024, "Large Language Monkeys": coverage of
 repeated sampling with a verifier as a function of the samples K), fitted as the line
@@ -26,13 +27,14 @@ Plan (`python -m analysis plan --images M --target-fd X`): a candidate (model, s
 reaches the target when its measured quality is <= X; among those, the one of least
 training FLOPs + M x sampling FLOPs per image is chosen (a collaborative sampler pays for
 both models' training; best-of-K counts K samples and, where known, K verifier calls).
-Wall time: FLOPs / (peak x MFU x chips) on --accelerator for both parts (the same
-ordering as FLOPs), and the sampling time at the table's measured images/s on the device it
-was measured on. Intervals: each candidate's quality interval is its 95% bootstrap interval
+Wall time: FLOPs / (peak x MFU x chips) on --accelerator for both parts (the same ordering
+as FLOPs), and the sampling time at the table's measured images/s on the device it was
+measured on. Intervals: each candidate's quality interval is its 95% bootstrap interval
 over its samples where the table recorded one (source "samples"), else the quality fit's
 relative 95% bootstrap prediction interval at its F (replicate curves times a resampled
-residual, divided by the fit at F) times its measurement (source "fit"); the cost interval runs from the cheapest candidate whose interval
-reaches the target at its low end to the cheapest that reaches it at its high end.
+residual, divided by the fit at F) times its measurement (source "fit"); the cost interval
+runs from the cheapest candidate whose interval reaches the target at its low end to the
+cheapest that reaches it at its high end.
 """
 
 from __future__ import annotations
@@ -240,8 +242,8 @@ def _registry_candidates(args, metric_kind: str) -> pd.DataFrame:
   if args.fid_col:
     column = args.fid_col
   else:
-    names = sorted(c for c in runs.columns
-                   if (c == "fid") == (metric_kind == "fid") and (c == "fid" or c.startswith("fd_")))
+    wanted = (lambda c: c == "fid") if metric_kind == "fid" else (lambda c: c.startswith("fd_"))
+    names = sorted(c for c in runs.columns if wanted(c))
     if len(names) > 1:
       raise AnalysisError(f"the registry has several {metric_kind} columns ({', '.join(names)}); "
                           "pick one with --fid-col")
@@ -462,7 +464,10 @@ def format_plan(r: dict) -> str:
   if "quality_fit" in r:
     q = r["quality_fit"]
     ivs = q["interval_95"]
-    fmt = lambda k: f"{q[k]:.4g}" + (f" [{ivs[k][0]:.4g}, {ivs[k][1]:.4g}]" if k in ivs else "")  # noqa: E731
+
+    def fmt(k):
+      return f"{q[k]:.4g}" + (f" [{ivs[k][0]:.4g}, {ivs[k][1]:.4g}]" if k in ivs else "")
+
     lines.append(f"quality fit over {q['points']} candidates: q_inf {fmt('q_inf')}, alpha "
                  f"{fmt('alpha')}, A {fmt('A')} at F0 {q['F0']:.4g} FLOPs/image")
   if "coverage_fit" in r and "a" in r["coverage_fit"]:

@@ -1,7 +1,7 @@
 """`varjax eval sampling`: quality and cost of sampler configurations, one row each.
 
-    varjax eval sampling --runs runs/demo/a,runs/demo/b --refiner runs/demo/b --switch-scale 2 \
-        --best-of 2 --best-of 4 --verifier runs/features/embed32cnn \
+    varjax eval sampling --runs runs/demo/a,runs/demo/b --refiner runs/demo/b
+        --switch-scale 2 --best-of 2 --best-of 4 --verifier runs/features/embed32cnn
         --feature-net runs/features/embed32cnn --num-images 1024 --out sampling.csv
 
 Configurations: every run sampled plainly; every run as the drafter of every (--refiner,
@@ -9,11 +9,12 @@ Configurations: every run sampled plainly; every run as the drafter of every (--
 --best-of K under --verifier. Each row holds the configuration's fd_<network> (or fid),
 measured as `varjax eval fid` measures it (fid.prepare, fid.generate, the same labels,
 keys and reference statistics; nothing is written into the runs), a 95% bootstrap interval
-of that distance over the sample set (basic bootstrap, fd_with_interval), images/s and wall time of sampling (compilation
-excluded: one untimed batch compiles first), the process's peak memory, sampling FLOPs per
-image (varjax/models/sampling_cost.py; best-of-K: K samples plus K verifier calls), the
-verifier's scores, and each run's N and training FLOPs from its summary.json. Columns:
-docs/eval.md. `python -m analysis plan --sampling-table FILE` reads the table.
+of that distance over the sample set (basic bootstrap, fd_with_interval), images/s and
+wall time of sampling (compilation excluded: one untimed batch compiles first), the
+process's peak memory, sampling FLOPs per image (varjax/models/sampling_cost.py;
+best-of-K: K samples plus K verifier calls), the verifier's scores, and each run's N and
+training FLOPs from its summary.json. Columns: docs/eval.md. `python -m analysis plan
+--sampling-table FILE` reads the table.
 """
 
 from __future__ import annotations
@@ -109,8 +110,8 @@ def check(configs: Sequence[Config], verifier_dir: str | None) -> None:
 def _summary_numbers(run: str) -> tuple[float | None, float | None]:
   """(N, training FLOPs) from the run's summary.json (None when it records none)."""
   summary = fid.read_summary(run)
-  get = lambda k: float(summary[k]) if isinstance(summary.get(k), (int, float)) else None  # noqa: E731
-  return get("params"), get("flops_exact")
+  return tuple(float(summary[k]) if isinstance(summary.get(k), (int, float)) else None
+               for k in ("params", "flops_exact"))
 
 
 def peak_memory() -> tuple[int, str]:
