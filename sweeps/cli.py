@@ -53,18 +53,22 @@ def _cmd_list(args) -> int:
   _check_counts(args)
   sweep = spec_lib.load(args.spec, args.out_dir)
   print(f"sweep {sweep.spec.name}: {len(sweep.runs)} runs in {sweep.out_dir}")
-  print(f"  {'run':<22} {'N':>10} {'tokens':>12} {'D/N':>7} {'epochs':>6} {'FLOPs':>9} "
-        f"{'steps':>6} {'lr':>8}  {'status':<12}cool-down from")
+  width = max([22] + [len(r.name) for r in sweep.runs])
+  print(f"  {'run':<{width}} {'N':>10} {'tokens':>12} {'D/N':>7} {'epochs':>6} {'FLOPs':>9} "
+        f"{'steps':>6} {'lr':>8} {'batch':>6}  {'status':<12}cool-down from")
   repeats = []
   for run in _selected(sweep, args):
     i = run.info
     branch = f"{i['warm_start']} @ step {i['warm_start_step']}" if "warm_start" in i else ""
     run_epochs = design.epochs(i["tokens"], design.unique_tokens_per_epoch(run.config))
     repeats.append((run.name, run_epochs))
-    print(f"  {run.name:<22} {i['params']:>10,} {i['tokens']:>12,} "
+    print(f"  {run.name:<{width}} {i['params']:>10,} {i['tokens']:>12,} "
           f"{i['tokens'] / i['params']:>7.3g} {design.format_epochs(run_epochs):>6} "
-          f"{i['flops_exact']:>9.3g} {i['steps']:>6} {i['peak_lr']:>8.2g}  "
+          f"{i['flops_exact']:>9.3g} {i['steps']:>6} {i['peak_lr']:>8.2g} "
+          f"{run.config.data.global_batch_size:>6}  "
           f"{registry.status(run.directory):<12}{branch}")
+  for line in _fit_lines(sweep):
+    print(line)
   _print_warnings(sweep, repeats)
   return 0
 
@@ -166,6 +170,20 @@ def _cmd_run(args) -> int:
   if busy:
     print(f"{len(busy)} run(s) are being trained by another process: {', '.join(busy)}")
   return 0
+
+
+def _fit_lines(sweep) -> list[str]:
+  """One line per fitted rule: the fit file, its hash and the law (sweeps/fitted.py)."""
+  lines = []
+  for what in ("lr", "batch"):
+    record = next((r.info[f"{what}_fit"] for r in sweep.runs if f"{what}_fit" in r.info), None)
+    if record:
+      coef = ", ".join(f"{k} {v:.4g}" for k, v in record["coefficients"].items())
+      unit = f"; batch in {record['unit']}, rounded to a multiple of {record['multiple_of']}" \
+          if what == "batch" else ""
+      lines.append(f"{what}: fitted from {record['from']} (sha256 {record['sha256'][:12]}): "
+                   f"{record['law']} with {coef}{unit}")
+  return lines
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -245,6 +245,11 @@ def spec_values(*, flops: Sequence[float], ratio: float | list[float], factor: f
     if values.get("base"):
       values["base"] = os.path.relpath(os.path.join(os.path.dirname(spec), values["base"]),
                                        where)
+    for section in ("lr", "batch"):  # a fitted rule's fit file, relative to the spec too
+      rule = values.get(section)
+      if isinstance(rule, dict) and isinstance(rule.get("from"), str):
+        values[section] = dict(rule, **{"from": os.path.relpath(
+            os.path.join(os.path.dirname(spec), rule["from"]), where)})
   if base:
     if not os.path.isfile(base):
       raise ConfigError("--base", f"config file not found: {base}")

@@ -7,6 +7,8 @@ deterministic name that says what it is and a static directory `<out_dir>/<name>
     d6-D2e7-s0         depth 6 (width 64 d), 2e7 training tokens, seed 0
     d3w96-C1e12-s1     depth 3 at width 96, a 1e12-FLOP IsoFLOP budget, seed 1
     d2-D1e6-s0-lr3e-3  one point of a learning-rate sweep (only when several are listed)
+    d2-D1e6-s0-lr3e-3-b64  ... of an lr x batch sweep (-b<images per step>: several
+                       batch.scales)
 
     name: demo                       # default: the file's stem
     base: configs/embedded32.yaml    # a varjax config, relative to this file
@@ -23,9 +25,18 @@ deterministic name that says what it is and a static directory `<out_dir>/<name>
     lr: {rule: var, base_lr: 1e-4}  # peak = base_lr x batch / 256 (VAR)
         # {rule: power, lr0: 2e-3, n0: 1e6, exponent: -0.3}: peak = lr0 (N / n0)^exponent
         # {rule: config}: the config's optim.peak_lr / base_lr as they are
+        # {rule: fitted, from: fit.json}: lr_opt = a N^b D^c of `analysis hparams --json`
+        #   (sweeps/fitted.py) at the run's N and D
         # scales: [0.5, 1, 2] multiplies the rule's peak: a learning-rate sweep
     batch: {rule: config}            # or {rule: power, b0: 64, n0: 1e6, exponent: 0.2,
                                      #     multiple_of: 8}: B = b0 (N / n0)^exponent
+        # {rule: fitted, from: fit.json}: batch_opt = d N^f D^e of the fit at the budget's D
+        #   (unit: images | tokens when the fit's batch column is not global_batch_size)
+        # scales: [0.5, 1, 2] multiplies the rule's batch: a batch sweep (with lr.scales,
+        #   an lr x batch grid). Every batch but the config's own at scale 1 is rounded to
+        #   a multiple of multiple_of and the mesh's data x fsdp (batch_multiple). A token
+        #   budget keeps D: steps = round(D / (batch x L)) per batch; the lr follows the
+        #   batch only where the lr rule does (var; config without peak_lr)
     resources: {cpus: 1, gpus: 0}    # per run, for BACKEND=ray
     tpu: {name: my-v5p, zone: us-east5-a, project: my-proj}   # for BACKEND=tpu
 
@@ -46,7 +57,7 @@ import math
 import os
 from typing import Any, Literal
 
-from sweeps import design
+from sweeps import design, fitted
 from varjax import config as config_lib
 from varjax.config import Config
 from varjax.errors import ConfigError
@@ -117,16 +128,18 @@ class BudgetsSpec:
 
 @dataclasses.dataclass(frozen=True)
 class LrSpec:
-  rule: Literal["config", "var", "power"] = "config"
+  rule: Literal["config", "var", "power", "fitted"] = "config"
   base_lr: float | None = None  # var; None: the config's optim.base_lr
   lr0: float | None = None  # power
   n0: float = 1e6
   exponent: float = 0.0
   scales: tuple[float, ...] = (1.0,)
+  from_: str | None = None  # fitted: an hparams fit (spec key `from`, relative to the spec)
 
   def __post_init__(self):
     if self.rule == "power" and self.lr0 is None:
       raise ConfigError("lr.lr0", "the power rule needs lr0, the peak lr at N = n0")
+    _check_from("lr", self.rule, self.from_)
     for key in ("base_lr", "lr0"):
       value = getattr(self, key)
       if value is not None and not value > 0:
@@ -140,17 +153,41 @@ class LrSpec:
 
 @dataclasses.dataclass(frozen=True)
 class BatchSpec:
-  rule: Literal["config", "power"] = "config"
+  """The global batch (images per step) of each run: the rule's batch times each of
+  `scales` (a batch-size sweep), rounded to a multiple of `batch_multiple` (multiple_of and
+  the mesh's batch shards); the config's own batch is kept as it is at scale 1."""
+  rule: Literal["config", "power", "fitted"] = "config"
   b0: int = 64
   n0: float = 1e6
   exponent: float = 0.0
   multiple_of: int = 8
+  scales: tuple[float, ...] = (1.0,)
+  from_: str | None = None  # fitted: an hparams fit (spec key `from`, relative to the spec)
+  unit: Literal["images", "tokens"] | None = None  # fitted: the fit's batch unit (default:
+  # images when the fit read global_batch_size, the registry's column)
 
   def __post_init__(self):
     if self.b0 < 1 or self.multiple_of < 1:
       raise ConfigError("batch", "b0 and multiple_of must be >= 1")
     if not self.n0 > 0:
       raise ConfigError("batch.n0", "must be > 0")
+    if not self.scales or any(not s > 0 for s in self.scales) or len(set(self.scales)) != len(
+        self.scales):
+      raise ConfigError("batch.scales", f"must be a non-empty list of distinct positive "
+                        f"factors, got {list(self.scales)}")
+    _check_from("batch", self.rule, self.from_)
+    if self.unit is not None and self.rule != "fitted":
+      raise ConfigError("batch.unit", "is the unit of a fitted batch law: only with "
+                        "rule: fitted")
+
+
+def _check_from(section: str, rule: str, path: str | None) -> None:
+  if rule == "fitted" and not path:
+    raise ConfigError(f"{section}.from", "the fitted rule needs `from: FILE`, the JSON of "
+                      "`python -m analysis hparams --json`")
+  if rule != "fitted" and path:
+    raise ConfigError(f"{section}.from", f"is the fit file of rule: fitted, not of rule: "
+                      f"{rule}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,7 +339,19 @@ def from_values(values: dict[str, Any], path: str) -> Sweep:
   if isinstance(bracket, dict) and bracket.get("tokens_per_param") is None:
     raise ConfigError("budgets.bracket.tokens_per_param", "is required: the prior D/N to "
                       "bracket (e.g. 20)")
-  spec = config_lib.build_dataclass(SweepSpec, values)
+  for section in ("lr", "batch"):  # `from` is a Python keyword: the field is from_
+    if isinstance(values.get(section), dict) and "from" in values[section]:
+      values[section] = {("from_" if k == "from" else k): v for k, v in values[section].items()}
+  try:
+    spec = config_lib.build_dataclass(SweepSpec, values)
+  except ConfigError as e:
+    raise ConfigError(e.key.replace("from_", "from"), e.message.replace("from_", "from")) \
+        from None
+  for section in ("lr", "batch"):  # fit files are relative to the spec, as `base` is
+    rule = getattr(spec, section)
+    if rule.from_:
+      spec = dataclasses.replace(spec, **{section: dataclasses.replace(
+          rule, from_=os.path.normpath(os.path.join(os.path.dirname(path), rule.from_)))})
   base_values: dict[str, Any] = {}
   if spec.base:
     base_path = os.path.normpath(os.path.join(os.path.dirname(path), spec.base))
@@ -326,8 +375,24 @@ def _rule_value(rule, n: float, what: str, field: str) -> float:
   return value
 
 
+def batch_multiple(batch: BatchSpec, cfg: Config) -> int:
+  """What every batch the rules make is a multiple of: batch.multiple_of and the devices
+  the batch splits over (data x fsdp, ICI and DCN, times optim.grad_accum_steps). A mesh
+  axis of -1 takes the devices left at run time, unknown here: multiple_of (default 8)
+  stands for them, so names never depend on the machine that lists the sweep."""
+  mesh = cfg.mesh
+  shards = math.prod(v for v in (mesh.data, mesh.fsdp) if v != -1) * mesh.dcn_data \
+      * mesh.dcn_fsdp
+  return math.lcm(batch.multiple_of, shards * cfg.optim.grad_accum_steps)
+
+
+def round_batch(value: float, multiple: int) -> int:
+  """The nearest multiple of `multiple` to `value`, at least `multiple`."""
+  return max(multiple, int(round(value / multiple)) * multiple)
+
+
 def _family(spec: SweepSpec, base_values: dict[str, Any]) -> list[dict[str, Any]]:
-  """Each model of the family with what its runs share: size, batch, peak lr, costs."""
+  """Each model of the family with what its runs share: size, costs, its config."""
   from varjax.models import var
   from varjax.train import flops as flops_lib
 
@@ -338,37 +403,99 @@ def _family(spec: SweepSpec, base_values: dict[str, Any]) -> list[dict[str, Any]
                         f"multiple of the head dim {spec.models.head_dim}")
     model = {"depth": depth, "width": width, "heads": width // spec.models.head_dim}
     probe = config_lib.from_dict(config_lib.merge(base_values, {"model": model}))
-    n = var.count_params(probe.model)["non_embedding"]
-    batch = probe.data.global_batch_size
-    if spec.batch.rule == "power":
-      raw = _rule_value(spec.batch, n, "batch", "batch")
-      batch = max(spec.batch.multiple_of,
-                  int(round(raw / spec.batch.multiple_of)) * spec.batch.multiple_of)
-    if spec.lr.rule == "var":
-      peak = config_lib.var_peak_lr(spec.lr.base_lr or probe.optim.base_lr, batch)
-    elif spec.lr.rule == "power":
-      peak = _rule_value(spec.lr, n, "lr", "lr")
-    else:
-      peak = probe.optim.resolved_peak_lr(batch)
     family.append({"label": _model_label(depth, width), "depth": depth, "width": width,
-                   "model": model, "params": n, "batch": batch, "peak": peak,
-                   "per_step": flops_lib.training_flops(probe.model)["total"] * batch,
-                   "tokens_per_step": batch * probe.model.num_tokens})
+                   "model": model, "params": var.count_params(probe.model)["non_embedding"],
+                   "probe": probe, "tokens_per_image": probe.model.num_tokens,
+                   "per_image": flops_lib.training_flops(probe.model)["total"],
+                   "multiple": batch_multiple(spec.batch, probe)})
   return family
 
 
-def _budgets(spec: SweepSpec, m: dict[str, Any]) -> list[tuple[str, int, str, float]]:
-  """(name part, steps, budget kind, budget value) of each budget model `m` trains."""
-  if spec.budgets.tokens:
-    return [(f"D{short_number(b)}", max(1, round(b / m["tokens_per_step"])), "tokens", b)
-            for b in spec.budgets.tokens]
-  budgets = []
-  for b in spec.budgets.flops:
-    steps = round(b / m["per_step"])
-    off = abs(steps * m["per_step"] - b)
-    if steps >= spec.budgets.min_steps and off <= spec.budgets.tolerance * b:
-      budgets.append((f"C{short_number(b)}", steps, "flops", b))
-  return budgets
+def _rule_batch(spec: SweepSpec, m: dict[str, Any], d: float,
+                fits: dict[str, fitted.Fit]) -> tuple[float, dict[str, Any] | None]:
+  """The batch rule's value for model `m` at D = `d` tokens, in images, before scales and
+  rounding; and for the fitted rule what sweep.json records of it."""
+  rule = spec.batch
+  if rule.rule == "config":
+    return float(m["probe"].data.global_batch_size), None
+  if rule.rule == "power":
+    return _rule_value(rule, m["params"], "batch", "batch"), None
+  fit = fits["batch"]
+  unit = rule.unit or fit.batch_unit()
+  if unit is None:
+    raise ConfigError("batch.unit", f"{fit.path} fitted the batch column "
+                      f"{fit.columns['batch']!r}: say whether it counts images or tokens "
+                      "(batch.unit: images | tokens)")
+  value = fit.batch(m["params"], d)
+  images = value / m["tokens_per_image"] if unit == "tokens" else value
+  if not (images > 0 and math.isfinite(images)):
+    raise ConfigError("batch.from", f"{fit.path}: batch_opt is {images} at N = "
+                      f"{m['params']:.3g}, D = {d:.3g}")
+  return images, dict(fit.record("batch", m["params"], d, value), unit=unit, images=images,
+                      multiple_of=m["multiple"])
+
+
+def _peak_lr(spec: SweepSpec, m: dict[str, Any], batch: int, tokens: float,
+             fits: dict[str, fitted.Fit]) -> tuple[float, dict[str, Any] | None]:
+  """The lr rule's peak for model `m` at `batch` images and `tokens` (before lr.scales);
+  and for the fitted rule what sweep.json records of it."""
+  rule, probe = spec.lr, m["probe"]
+  if rule.rule == "var":
+    return config_lib.var_peak_lr(rule.base_lr or probe.optim.base_lr, batch), None
+  if rule.rule == "power":
+    return _rule_value(rule, m["params"], "lr", "lr"), None
+  if rule.rule == "config":
+    return probe.optim.resolved_peak_lr(batch), None
+  fit = fits["lr"]
+  value = fit.lr(m["params"], tokens)
+  if not (value > 0 and math.isfinite(value)):
+    raise ConfigError("lr.from", f"{fit.path}: lr_opt is {value} at N = {m['params']:.3g}, "
+                      f"D = {tokens:.3g}")
+  return value, fit.record("lr", m["params"], tokens, value)
+
+
+def _steps(spec: SweepSpec, kind: str, budget: float, m: dict[str, Any],
+           batch: int) -> int | None:
+  """Steps of model `m` at `batch` for a budget: tokens / (batch x L); or C / FLOPs per
+  step, None when that misses the budget by more than the tolerance or is under min_steps."""
+  if kind == "tokens":
+    return max(1, round(budget / (batch * m["tokens_per_image"])))
+  per_step = m["per_image"] * batch
+  steps = round(budget / per_step)
+  if steps >= spec.budgets.min_steps and abs(steps * per_step - budget) <= \
+      spec.budgets.tolerance * budget:
+    return steps
+  return None
+
+
+def _budgets(spec: SweepSpec, m: dict[str, Any],
+             fits: dict[str, fitted.Fit]) -> list[dict[str, Any]]:
+  """Each budget model `m` trains: its name part, kind, value, and the batches of the batch
+  axis (batch, scale, fit record). An IsoFLOP budget is in the model's grid when the rule's
+  batch (unscaled) trains it within tolerance; `steps` and `tokens` are that batch's."""
+  kinds = [("D", "tokens", b) for b in spec.budgets.tokens] + \
+      [("C", "flops", b) for b in spec.budgets.flops]
+  out = []
+  for letter, kind, b in kinds:
+    # D for the batch law: the budget's tokens; an IsoFLOP budget's are C / FLOPs per token
+    d = b if kind == "tokens" else b * m["tokens_per_image"] / m["per_image"]
+    raw, record = _rule_batch(spec, m, d, fits)
+    scaled = [(int(raw) if spec.batch.rule == "config" and scale == 1
+               else round_batch(raw * scale, m["multiple"]), scale)
+              for scale in spec.batch.scales]
+    if len({batch for batch, _ in scaled}) < len(scaled):
+      raise ConfigError("batch.scales", f"{m['label']} at {letter}{short_number(b)}: scales "
+                        f"{', '.join(f'{x:g}' for x in spec.batch.scales)} of batch {raw:.4g} "
+                        f"give batches {', '.join(str(x) for x, _ in scaled)} (multiples of "
+                        f"{m['multiple']}); spread the scales further")
+    reference = int(raw) if spec.batch.rule == "config" else round_batch(raw, m["multiple"])
+    steps = _steps(spec, kind, b, m, reference)
+    if steps is None:
+      continue
+    out.append({"part": f"{letter}{short_number(b)}", "kind": kind, "budget": b,
+                "steps": steps, "tokens": steps * reference * m["tokens_per_image"],
+                "batches": [(batch, scale, record) for batch, scale in scaled]})
+  return out
 
 
 def _bracket(spec: SweepSpec, family: list[dict[str, Any]],
@@ -377,8 +504,8 @@ def _bracket(spec: SweepSpec, family: list[dict[str, Any]],
   plans = []
   ratios = spec.budgets.bracket.ratios(len(spec.budgets.flops))
   for b, ratio in zip(spec.budgets.flops, ratios):
-    candidates = [design.Candidate(m["label"], m["params"], steps * m["tokens_per_step"], steps)
-                  for m in family for _, steps, _, value in budgets[m["label"]] if value == b]
+    candidates = [design.Candidate(m["label"], m["params"], p["tokens"], p["steps"])
+                  for m in family for p in budgets[m["label"]] if p["budget"] == b]
     if candidates:
       plans.append(design.plan_budget(f"C{short_number(b)}", b, candidates, ratio,
                                       spec.budgets.bracket.factor))
@@ -387,44 +514,64 @@ def _bracket(spec: SweepSpec, family: list[dict[str, Any]],
 
 def expand(spec: SweepSpec,
            base_values: dict[str, Any]) -> tuple[list[Run], list[design.BudgetPlan]]:
-  """Every run of the spec, ordered by model size, then budget, seed and lr scale; and,
+  """Every run of the spec, ordered by model size, then budget, batch, seed and lr scale; and,
   with budgets.bracket, the bracketing choice at each IsoFLOP budget."""
   out_dir = spec.out_dir or os.path.join("runs", spec.name)
   if spec.cooldowns:
     base_values = config_lib.merge(base_values, {"optim": {
         "schedule": "wsd", "decay_fraction": spec.cooldowns.decay_fraction}})
+  fits = {section: fitted.load(rule.from_, f"{section}.from", section)
+          for section, rule in (("lr", spec.lr), ("batch", spec.batch)) if rule.rule == "fitted"}
   family = _family(spec, base_values)
-  budgets = {m["label"]: _budgets(spec, m) for m in family}
+  budgets = {m["label"]: _budgets(spec, m, fits) for m in family}
   plans = []
   if spec.budgets.bracket.active:
     plans = _bracket(spec, family, budgets)
     chosen = {(label, plan.flops) for plan in plans for label in plan.chosen_labels}
-    budgets = {label: [b for b in bs if (label, b[3]) in chosen] for label, bs in budgets.items()}
+    budgets = {label: [b for b in bs if (label, b["budget"]) in chosen]
+               for label, bs in budgets.items()}
   runs: list[Run] = []
   for m in family:
     label, n = m["label"], m["params"]
-    for part, steps, kind, budget in budgets[label]:
-      for seed, scale, unique in itertools.product(spec.seeds, spec.lr.scales,
-                                                   spec.unique_images or (0,)):
-        lr = m["peak"] * scale
-        name = f"{label}-{part}-s{seed}"
-        if len(spec.lr.scales) > 1:
-          name += f"-lr{short_number(lr)}"
-        if unique:
-          name += f"-U{short_number(unique)}"
-        cfg = config_lib.from_dict(config_lib.merge(base_values, {
-            "model": m["model"], "data": {"global_batch_size": m["batch"],
-                                          "unique_images": unique},
-            "optim": {"peak_lr": lr},
-            "run": {"name": name, "out_dir": out_dir, "seed": seed, "steps": steps}}))
-        info = {"sweep": spec.name, "run": name, "model": label, "depth": m["depth"],
-                "width": m["width"], "budget_kind": kind, "budget": budget, "seed": seed,
-                "lr_scale": scale, "peak_lr": lr, "steps": steps, "params": n,
-                "tokens": steps * m["tokens_per_step"],
-                "flops_exact": steps * m["per_step"]}
-        if unique:
-          info["unique_images"] = unique
-        runs.append(Run(name, cfg, info))
+    for point in budgets[label]:
+      part, kind, budget = point["part"], point["kind"], point["budget"]
+      for batch, batch_scale, batch_fit in point["batches"]:
+        steps = _steps(spec, kind, budget, m, batch)
+        if steps is None:
+          raise ConfigError("batch.scales", f"{label} at {part}: batch {batch} (scale "
+                            f"{batch_scale:g}) trains {round(budget / (m['per_image'] * batch))}"
+                            f" steps, not within budgets.tolerance {spec.budgets.tolerance} of "
+                            f"the budget in at least budgets.min_steps "
+                            f"{spec.budgets.min_steps}; narrow batch.scales")
+        tokens = steps * batch * m["tokens_per_image"]
+        peak, lr_fit = _peak_lr(spec, m, batch, tokens, fits)
+        for seed, scale, unique in itertools.product(spec.seeds, spec.lr.scales,
+                                                     spec.unique_images or (0,)):
+          lr = peak * scale
+          name = f"{label}-{part}-s{seed}"
+          if len(spec.lr.scales) > 1:
+            name += f"-lr{short_number(lr)}"
+          if len(spec.batch.scales) > 1:
+            name += f"-b{batch}"
+          if unique:
+            name += f"-U{short_number(unique)}"
+          cfg = config_lib.from_dict(config_lib.merge(base_values, {
+              "model": m["model"], "data": {"global_batch_size": batch,
+                                            "unique_images": unique},
+              "optim": {"peak_lr": lr},
+              "run": {"name": name, "out_dir": out_dir, "seed": seed, "steps": steps}}))
+          info = {"sweep": spec.name, "run": name, "model": label, "depth": m["depth"],
+                  "width": m["width"], "budget_kind": kind, "budget": budget, "seed": seed,
+                  "lr_scale": scale, "peak_lr": lr, "batch_scale": batch_scale,
+                  "global_batch_size": batch, "steps": steps, "params": n,
+                  "tokens": tokens, "flops_exact": steps * (m["per_image"] * batch)}
+          if lr_fit:
+            info["lr_fit"] = lr_fit
+          if batch_fit:
+            info["batch_fit"] = batch_fit
+          if unique:
+            info["unique_images"] = unique
+          runs.append(Run(name, cfg, info))
   if spec.cooldowns:
     runs = _branch_cooldowns(runs)
   if spec.budgets.flops:
@@ -446,13 +593,16 @@ def decay_start(cfg: Config) -> int:
 
 
 def _branch_cooldowns(runs: list[Run]) -> list[Run]:
-  """Runs of one model, seed and lr: the longest (the trunk) keeps a checkpoint where each
+  """Runs of one model, seed, lr and batch: the longest (the trunk) keeps a checkpoint where each
   other run's decay starts; the others warm-start there."""
   groups: dict[tuple, list[Run]] = {}
   for run in runs:
     i = run.info
-    groups.setdefault((i["model"], i["seed"], i["lr_scale"], i.get("unique_images")),
-                      []).append(run)
+    # A trunk's schedule and data must be the branch's: same peak lr (a fitted lr moves
+    # with D, so its budgets do not share one) and batch
+    groups.setdefault((i["model"], i["seed"], i["lr_scale"], i["peak_lr"],
+                       i["global_batch_size"], i.get("unique_images")), []).append(run)
+
   out: list[Run] = []
   for members in groups.values():
     trunk = max(members, key=lambda r: r.config.run.steps)
