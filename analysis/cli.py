@@ -171,6 +171,9 @@ def _hardware_args(p):
 def _data_args(p, registry_defaults: bool = False):
   p.add_argument("--csv", help="a CSV with one row per run")
   p.add_argument("--runs", help="a run registry directory (see docs/analysis.md)")
+  p.add_argument("--include-stopped-early", action="store_true",
+                 help="--runs: also the runs an early-stop sweep stopped, with the loss of "
+                      "their last eval before the stop (left out by default)")
   p.add_argument("--n-col", default="params", help="parameter count column (default params)")
   p.add_argument("--d-col", default=None, help="token count column")
   p.add_argument("--c-col", default=None, help="training FLOPs column (D = C / 6N)")

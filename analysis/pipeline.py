@@ -38,7 +38,9 @@ def read_table(args) -> pd.DataFrame:
       raise AnalysisError(f"{args.csv} is not a readable CSV: {str(e).splitlines()[0]}") from None
   else:
     from analysis.runs import load_runs
-    table = load_runs(args.runs)
+    # Runs an early-stop sweep stopped are never mixed in silently (analysis.runs).
+    table = load_runs(args.runs,
+                      include_stopped_early=getattr(args, "include_stopped_early", False))
     if table.empty:
       raise AnalysisError(f"no finished runs (summary.json) under {args.runs}")
   if args.drop_top_loss and args.drop_top_loss >= len(table):

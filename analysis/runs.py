@@ -14,6 +14,14 @@ VAR's evaluation metrics also get the names of its scaling-law figures (Tian et 
 1 - top-1 accuracy, as a fraction: `token_error` / `token_error_tail` are percent) and
 `loss_s0`, `loss_s1`, ... (one column per scale, coarse to fine, from `loss_per_scale`).
 Runs that predate a metric get NaN in its column.
+
+Runs an early-stop sweep stopped (`stopped_early.json`, sweeps/early_stop.py) are left out
+by default, with a warning that counts them: their last loss is that of a run cut short
+in its schedule, not a trained run's final loss, and an L(N, D) fit must not take it for
+one. `include_stopped_early=True` adds them and a `stopped_early` column (True for them,
+False for every finished run), `loss` the last eval loss at or before the stop step (NaN if none), `tokens`
+and `flops_exact` at that eval's step, and `forecast_loss` / `stopped_at_step` /
+`early_stop_rank`.
 """
 
 from __future__ import annotations
@@ -92,27 +100,57 @@ def _read_object(path: str) -> dict:
   return value
 
 
-def load_runs(path: str) -> pd.DataFrame:
+STOPPED_FILE = "stopped_early.json"  # sweeps.registry.STOPPED_FILE
+
+
+def _stopped_summary(record: dict, sweep: dict) -> dict:
+  """The row fields of a run stopped early: its last eval before the stop (module doc)."""
+  steps, step = sweep.get("steps"), record.get("eval_step")
+  loss = record.get("eval_loss_at_stop")
+  share = step / steps if isinstance(step, int) and isinstance(steps, int) and steps else None
+  out = {"loss": _number(loss) if share is not None else float("nan"),
+         "params": sweep.get("params", float("nan")),
+         "stopped_at_step": record.get("stop_step"), "loss_step": step,
+         "forecast_loss": record.get("forecast"), "early_stop_rank": record.get("rank")}
+  for key in ("tokens", "flops_exact"):
+    full = sweep.get(key)
+    out[key] = full * share if share is not None and isinstance(full, (int, float)) \
+        else float("nan")
+  return out
+
+
+def load_runs(path: str, include_stopped_early: bool = False) -> pd.DataFrame:
   """A DataFrame of the finished runs under `path`. Unfinished runs are skipped with a
-  warning that counts them; runs whose summary, config or sweep file cannot be read (not
-  UTF-8, not JSON, not an object) with one warning line naming each file. Columns: `run` (directory name), `run_dir`, summary keys,
-  VAR's eval metrics by their figure names (loss_last, loss_avg, err_last, err_avg,
-  loss_s<k>), `config.*` keys."""
-  rows, unfinished, broken = [], 0, []
+  warning that counts them, runs stopped early likewise unless `include_stopped_early`
+  (module doc); runs whose summary, config or sweep file cannot be read (not UTF-8, not
+  JSON, not an object) with one warning line naming each file. Columns: `run` (directory
+  name), `run_dir`, `stopped_early` (only with include_stopped_early), summary keys, VAR's
+  eval metrics by their figure names (loss_last, loss_avg, err_last, err_avg, loss_s<k>),
+  `config.*` keys."""
+  rows, unfinished, stopped, broken = [], 0, 0, []
   for run_dir in run_dirs(path):
     summary_path = os.path.join(run_dir, "summary.json")
-    if not os.path.exists(summary_path):
+    stop_path = os.path.join(run_dir, STOPPED_FILE)
+    is_stopped = not os.path.exists(summary_path) and os.path.exists(stop_path)
+    if is_stopped and not include_stopped_early:
+      stopped += 1
+      continue
+    if not os.path.exists(summary_path) and not is_stopped:
       unfinished += 1
       continue
     try:
-      summary = _read_object(summary_path)
+      summary = _read_object(stop_path if is_stopped else summary_path)
       config = _read_object(os.path.join(run_dir, "config.json"))
       sweep_path = os.path.join(run_dir, "sweep.json")
       sweep = _read_object(sweep_path) if os.path.exists(sweep_path) else {}
+      if is_stopped:
+        summary = _stopped_summary(summary, sweep)
     except _Unreadable as e:
       broken.append(str(e))
       continue
     row = {"run": os.path.basename(run_dir), "run_dir": run_dir}
+    if include_stopped_early:
+      row["stopped_early"] = is_stopped
     _flatten("", summary, row)
     row.update({k: v for k, v in var_eval_columns(summary).items() if k not in row})
     _flatten("config", config, row)
@@ -120,6 +158,9 @@ def load_runs(path: str) -> pd.DataFrame:
     rows.append(row)
   if unfinished:
     warnings.warn(f"{unfinished} unfinished run(s) under {path} skipped (no summary.json)")
+  if stopped:
+    warnings.warn(f"{stopped} run(s) under {path} stopped early by their sweep skipped (their "
+                  "loss is not a trained run's; --include-stopped-early adds them)")
   if broken:
     warnings.warn(f"{len(broken)} run(s) with unreadable files skipped: {'; '.join(broken)}")
   return pd.DataFrame(rows)
