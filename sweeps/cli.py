@@ -10,7 +10,8 @@
                                                  # an IsoFLOP spec bracketing the prior D/N
 
 `run` is idempotent: finished runs are skipped, interrupted ones resume, failed ones are
-retried (`--runs NAME` retries one alone). A malformed spec fails before anything is
+retried (`--runs NAME` retries one alone). A spec with `early_stop` trains in two phases
+(sweeps/early_stop.py; BACKEND=local only, the others refuse it). A malformed spec fails before anything is
 trained, with a message naming the field. Exit status: 0 when every selected run is
 finished, 1 when some failed (listed with their errors), 2 for a user mistake, 143 when
 SIGTERM stopped a run after its checkpoint.
@@ -55,21 +56,31 @@ def _cmd_list(args) -> int:
   print(f"sweep {sweep.spec.name}: {len(sweep.runs)} runs in {sweep.out_dir}")
   width = max([22] + [len(r.name) for r in sweep.runs])
   print(f"  {'run':<{width}} {'N':>10} {'tokens':>12} {'D/N':>7} {'epochs':>6} {'FLOPs':>9} "
-        f"{'steps':>6} {'lr':>8} {'batch':>6}  {'status':<12}cool-down from")
+        f"{'steps':>6} {'lr':>8} {'batch':>6}  {'status':<14}"
+        + ("early stop at" if sweep.spec.early_stop else "cool-down from"))
   repeats = []
   for run in _selected(sweep, args):
     i = run.info
     branch = f"{i['warm_start']} @ step {i['warm_start_step']}" if "warm_start" in i else ""
+    if "early_stop_step" in i:
+      branch = f"step {i['early_stop_step']} (group {i['early_stop_group']})"
     run_epochs = design.epochs(i["tokens"], design.unique_tokens_per_epoch(run.config))
     repeats.append((run.name, run_epochs))
     print(f"  {run.name:<{width}} {i['params']:>10,} {i['tokens']:>12,} "
           f"{i['tokens'] / i['params']:>7.3g} {design.format_epochs(run_epochs):>6} "
           f"{i['flops_exact']:>9.3g} {i['steps']:>6} {i['peak_lr']:>8.2g} "
           f"{run.config.data.global_batch_size:>6}  "
-          f"{registry.status(run.directory):<12}{branch}")
+          f"{registry.status(run.directory):<14}{branch}")
   for line in _fit_lines(sweep):
     print(line)
   _print_warnings(sweep, repeats)
+  if sweep.spec.early_stop:
+    from sweeps import early_stop
+    print("\n".join(early_stop.describe(sweep.spec.early_stop, list(sweep.runs))))
+    for group in early_stop.groups(_selected(sweep, args)):
+      decision = early_stop.read_decision(sweep.out_dir, group)
+      if decision:
+        print(early_stop.format_decision(decision))
   return 0
 
 
@@ -136,6 +147,10 @@ def _cmd_run(args) -> int:
   runs = _selected(sweep, args)
   start = time.time()
   progress = None if args.progress == "auto" else args.progress == "on"
+  if sweep.spec.early_stop and args.backend != "local":
+    raise ConfigError("early_stop", f"BACKEND={args.backend} cannot stop runs early (it "
+                      "trains runs to the end without a decision between phases); run this "
+                      "sweep with BACKEND=local, or drop early_stop")
   if args.backend == "tpu":
     from sweeps import tpu
     if args.out_dir:
@@ -146,13 +161,21 @@ def _cmd_run(args) -> int:
   if args.dry_run:
     print(f"dry run: {len(runs)} runs with BACKEND={args.backend}:")
     print("\n".join(f"  {r.name}  ({r.info['steps']} steps)  -> {r.directory}" for r in runs))
+    if sweep.spec.early_stop:
+      from sweeps import early_stop
+      print("\n".join(early_stop.describe(sweep.spec.early_stop, runs)))
     return 0
   print(f"sweep {sweep.spec.name}: {len(runs)} runs, backend {args.backend}, registry "
         f"{sweep.out_dir}")
   if args.backend == "local":
     from varjax.parallel import distributed
     distributed.initialize()  # a TPU pod's processes join here (no-op elsewhere)
-    outcomes = launch.run_local(runs, progress=progress)
+    if sweep.spec.early_stop:
+      from sweeps import early_stop
+      outcomes = early_stop.run_local(runs, sweep.spec.early_stop, list(sweep.runs),
+                                      progress=progress)
+    else:
+      outcomes = launch.run_local(runs, progress=progress)
   elif args.backend == "lanes":
     from sweeps import lanes
     outcomes = lanes.run_lanes(runs, progress=progress, max_lanes=args.max_lanes)
@@ -166,6 +189,10 @@ def _cmd_run(args) -> int:
     print(f"{len(failed)} run(s) failed; fix the cause and retry them alone with\n  make sweep "
           f"SWEEP={args.spec} BACKEND={args.backend} RUNS={','.join(failed)}", file=sys.stderr)
     return 1
+  waiting = [o["run"] for o in outcomes if o["status"] == "paused"]
+  if waiting:
+    print(f"{len(waiting)} run(s) wait at their stop step for the rest of their early-stop "
+          f"group: {', '.join(waiting)}")
   busy = [o["run"] for o in outcomes if o["status"] == "busy"]
   if busy:
     print(f"{len(busy)} run(s) are being trained by another process: {', '.join(busy)}")

@@ -76,8 +76,9 @@ def _train_group(group: list[Run], progress, log) -> list[dict[str, Any]]:
 
 def run_lanes(runs: list[Run], *, progress: bool | None = None, max_lanes: int = 8,
               log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-  todo = [r for r in runs if registry.status(r.directory) != "finished"]
-  outcomes = {r.name: {"run": r.name, "status": "finished", "seconds": 0.0}
+  done = {r.name: registry.status(r.directory) for r in runs}
+  todo = [r for r in runs if done[r.name] not in ("finished", "stopped_early")]
+  outcomes = {r.name: {"run": r.name, "status": done[r.name], "seconds": 0.0}
               for r in runs if r not in todo}
   for group in groups(todo, max_lanes):
     log(f"lanes: {', '.join(r.name for r in group)}")

@@ -7,8 +7,13 @@
     <out_dir>/<run>/summary.json    final losses, FLOPs, parameter counts, wall time,
                                     hardware; written last, so it marks the run finished
     <out_dir>/<run>/error.json      why the last attempt failed (removed when it is retried)
-    <out_dir>/registry.jsonl        one line per event (started / finished / failed /
-                                    interrupted) from every launcher and worker
+    <out_dir>/<run>/stopped_early.json  an early-stop sweep stopped the run at a step: its
+                                    forecast, rank and group (sweeps/early_stop.py); the
+                                    run is done, not finished, and never resumed by a sweep
+    <out_dir>/early_stop/<group>.json   an early-stop group's decision (who goes on)
+    <out_dir>/registry.jsonl        one line per event (started / paused / stopped_early /
+                                    kept / finished / failed / interrupted) from every
+                                    launcher and worker
 
 Several processes may share a registry (two `make sweep`s, Ray workers, TPU hosts):
 events are appended under an exclusive `flock` with one `write` per line, and a run is
@@ -32,6 +37,7 @@ from varjax.train import rundir
 
 EVENTS_FILE = "registry.jsonl"
 ERROR_FILE = "error.json"
+STOPPED_FILE = "stopped_early.json"
 LOCK_FILE = rundir.LOCK_FILE
 
 
@@ -71,9 +77,12 @@ def events(out_dir: str) -> list[dict[str, Any]]:
 
 
 def status(directory: str) -> str:
-  """finished | failed | interrupted (started, resumable) | pending (never started)."""
+  """finished | stopped_early | failed | interrupted (started, resumable; also an
+  early-stop run paused at its stop step) | pending (never started)."""
   if os.path.exists(os.path.join(directory, "summary.json")):
     return "finished"
+  if os.path.exists(os.path.join(directory, STOPPED_FILE)):
+    return "stopped_early"
   if os.path.exists(os.path.join(directory, ERROR_FILE)):
     return "failed"
   if os.path.exists(os.path.join(directory, "config.json")):

@@ -37,6 +37,11 @@ deterministic name that says what it is and a static directory `<out_dir>/<name>
         #   a multiple of multiple_of and the mesh's data x fsdp (batch_multiple). A token
         #   budget keeps D: steps = round(D / (batch x L)) per batch; the lr follows the
         #   batch only where the lr rule does (var; config without peak_lr)
+    early_stop: {at: 0.3, keep: 0.5} # an lr sweep's runs that differ only in lr compete:
+        # at 30% of their steps each one's final eval loss is forecast (analysis/extrapolate,
+        # lr_annealing on its own schedule) and the best half train on; the others are
+        # recorded stopped_early (sweeps/early_stop.py). group_by: [model, budget, seed,
+        # batch, unique_images] (the default) names what the competitors share
     resources: {cpus: 1, gpus: 0}    # per run, for BACKEND=ray
     tpu: {name: my-v5p, zone: us-east5-a, project: my-proj}   # for BACKEND=tpu
 
@@ -206,6 +211,43 @@ class CooldownsSpec:
                         f"{self.decay_fraction}")
 
 
+# What the runs of an early-stop group may share; lr never (they compete over it). A batch
+# that is not swept is the same for every run of a model and budget.
+EARLY_STOP_GROUP_KEYS = ("model", "budget", "seed", "batch", "unique_images")
+
+
+@dataclasses.dataclass(frozen=True)
+class EarlyStopSpec:
+  """Early stopping of an lr sweep (sweeps/early_stop.py): the runs that share `group_by`
+  (everything but lr by default) train to `at` x their steps, each one's final loss is
+  forecast from that part of its curve, the best `keep` fraction of each group (rounded to
+  the nearest count, halves up, at least 1) train to the end and the others stop."""
+  at: float = 0.3
+  keep: float = 0.5
+  group_by: tuple[str, ...] = EARLY_STOP_GROUP_KEYS
+
+  def __post_init__(self):
+    if not 0 < self.at < 1:
+      raise ConfigError("early_stop.at", f"must be a fraction of the steps in (0, 1), got "
+                        f"{self.at}")
+    if not 0 < self.keep <= 1:
+      raise ConfigError("early_stop.keep", f"must be the fraction of each group kept, in "
+                        f"(0, 1], got {self.keep}")
+    unknown = [k for k in self.group_by if k not in EARLY_STOP_GROUP_KEYS]
+    if unknown or len(set(self.group_by)) != len(self.group_by):
+      raise ConfigError("early_stop.group_by", f"must be distinct names among "
+                        f"{', '.join(EARLY_STOP_GROUP_KEYS)} (runs differing in lr always "
+                        f"compete), got {list(self.group_by)}")
+
+  def kept(self, n: int) -> int:
+    """How many of a group of `n` train to the end."""
+    return max(1, min(n, math.floor(self.keep * n + 0.5 + 1e-9)))
+
+  def stop_step(self, steps: int) -> int:
+    """The step where a run of `steps` steps is forecast (and stopped if it loses)."""
+    return round(self.at * steps)
+
+
 @dataclasses.dataclass(frozen=True)
 class ResourcesSpec:
   """What one run asks of a Ray cluster."""
@@ -246,6 +288,7 @@ class SweepSpec:
   lr: LrSpec = LrSpec()
   batch: BatchSpec = BatchSpec()
   cooldowns: CooldownsSpec | None = None
+  early_stop: EarlyStopSpec | None = None
   resources: ResourcesSpec = ResourcesSpec()
   tpu: TpuSpec = TpuSpec()
 
@@ -258,6 +301,13 @@ class SweepSpec:
         self.unique_images):
       raise ConfigError("unique_images", "must be distinct positive example counts, got "
                         f"{list(self.unique_images)}")
+    if self.early_stop is not None:
+      if len(self.lr.scales) < 2:
+        raise ConfigError("early_stop", "stops the losers of an lr sweep: give several "
+                          "lr.scales")
+      if self.cooldowns is not None:
+        raise ConfigError("early_stop", "cannot be combined with cooldowns (a stopped trunk "
+                          "would strand its branches)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -339,6 +389,7 @@ def from_values(values: dict[str, Any], path: str) -> Sweep:
   if isinstance(bracket, dict) and bracket.get("tokens_per_param") is None:
     raise ConfigError("budgets.bracket.tokens_per_param", "is required: the prior D/N to "
                       "bracket (e.g. 20)")
+  early = values.pop("early_stop", None)
   for section in ("lr", "batch"):  # `from` is a Python keyword: the field is from_
     if isinstance(values.get(section), dict) and "from" in values[section]:
       values[section] = {("from_" if k == "from" else k): v for k, v in values[section].items()}
@@ -352,6 +403,12 @@ def from_values(values: dict[str, Any], path: str) -> Sweep:
     if rule.from_:
       spec = dataclasses.replace(spec, **{section: dataclasses.replace(
           rule, from_=os.path.normpath(os.path.join(os.path.dirname(path), rule.from_)))})
+  if early is not None:  # built alone: the Optional would hide its field's own message
+    if not isinstance(early, dict):
+      raise ConfigError("early_stop", "must be a mapping {at: FRACTION, keep: FRACTION, "
+                        "group_by: [...]}")
+    spec = dataclasses.replace(
+        spec, early_stop=config_lib.build_dataclass(EarlyStopSpec, early, "early_stop"))
   base_values: dict[str, Any] = {}
   if spec.base:
     base_path = os.path.normpath(os.path.join(os.path.dirname(path), spec.base))
@@ -571,6 +628,8 @@ def expand(spec: SweepSpec,
             info["batch_fit"] = batch_fit
           if unique:
             info["unique_images"] = unique
+          if spec.early_stop:
+            cfg, info = _early_stop_point(spec.early_stop, cfg, info)
           runs.append(Run(name, cfg, info))
   if spec.cooldowns:
     runs = _branch_cooldowns(runs)
@@ -583,6 +642,35 @@ def expand(spec: SweepSpec,
                           "steps; widen budgets.tolerance, lower budgets.min_steps or "
                           "change the budget")
   return runs, plans
+
+
+def early_stop_group(info: dict[str, Any], group_by: tuple[str, ...]) -> str:
+  """The name of a run's early-stop group: the parts of its name that `group_by` keeps
+  (never its lr), e.g. d2-D1e6-s0 for d2-D1e6-s0-lr3e-3 by default."""
+  batch = info.get("global_batch_size")
+  parts = {"model": info["model"],
+           "budget": ("D" if info["budget_kind"] == "tokens" else "C")
+                     + short_number(info["budget"]),
+           "seed": f"s{info['seed']}",
+           "batch": f"b{batch}" if f"-b{batch}-" in info["run"] + "-" else "",
+           "unique_images": (f"U{short_number(info['unique_images'])}"
+                             if info.get("unique_images") else "")}
+  return "-".join(parts[k] for k in EARLY_STOP_GROUP_KEYS
+                  if k in group_by and parts[k]) or "all"
+
+
+def _early_stop_point(early: EarlyStopSpec, cfg: Config,
+                      info: dict[str, Any]) -> tuple[Config, dict[str, Any]]:
+  """A run of an early-stop sweep: its group (what it shares with its competitors) and its
+  stop step, which it always checkpoints (run.keep_steps) and resumes from if kept."""
+  steps = cfg.run.steps
+  stop = early.stop_step(steps)
+  if not 1 <= stop < steps:
+    raise ConfigError("early_stop.at", f"{info['run']} trains {steps} steps: {early.at} of "
+                      f"them is step {stop}, not a step inside the run")
+  group = early_stop_group(info, early.group_by)
+  cfg = config_lib.replace(cfg, run={"keep_steps": sorted({*cfg.run.keep_steps, stop})})
+  return cfg, dict(info, early_stop_group=group, early_stop_step=stop)
 
 
 def decay_start(cfg: Config) -> int:
@@ -602,7 +690,6 @@ def _branch_cooldowns(runs: list[Run]) -> list[Run]:
     # with D, so its budgets do not share one) and batch
     groups.setdefault((i["model"], i["seed"], i["lr_scale"], i["peak_lr"],
                        i["global_batch_size"], i.get("unique_images")), []).append(run)
-
   out: list[Run] = []
   for members in groups.values():
     trunk = max(members, key=lambda r: r.config.run.steps)
