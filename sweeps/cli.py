@@ -50,7 +50,7 @@ def _selected(sweep, args):
 
 
 def _cmd_list(args) -> int:
-  from sweeps import design, registry, spec as spec_lib
+  from sweeps import design, spec as spec_lib
   _check_counts(args)
   sweep = spec_lib.load(args.spec, args.out_dir)
   print(f"sweep {sweep.spec.name}: {len(sweep.runs)} runs in {sweep.out_dir}")
@@ -70,7 +70,7 @@ def _cmd_list(args) -> int:
           f"{i['tokens'] / i['params']:>7.3g} {design.format_epochs(run_epochs):>6} "
           f"{i['flops_exact']:>9.3g} {i['steps']:>6} {i['peak_lr']:>8.2g} "
           f"{run.config.data.global_batch_size:>6}  "
-          f"{registry.status(run.directory):<14}{branch}")
+          f"{_status(sweep, run):<14}{branch}")
   for line in _fit_lines(sweep):
     print(line)
   _print_warnings(sweep, repeats)
@@ -82,6 +82,17 @@ def _cmd_list(args) -> int:
       if decision:
         print(early_stop.format_decision(decision))
   return 0
+
+
+def _status(sweep, run) -> str:
+  """The run's registry status; `paused` for an early-stop run waiting at its stop step
+  for its group's decision."""
+  from sweeps import early_stop, registry
+  status = registry.status(run.directory)
+  if (status == "interrupted" and "early_stop_step" in run.info and early_stop.reached(run)
+      and early_stop.read_decision(sweep.out_dir, run.info["early_stop_group"]) is None):
+    return "paused"
+  return status
 
 
 def _print_warnings(sweep, repeats: list[tuple[str, float | None]]) -> None:

@@ -231,14 +231,20 @@ def test_a_crash_between_the_phases_loses_nothing(tmp_path, monkeypatch):
   assert sorted(events) == ["kept", "stopped_early", "stopped_early"]
 
 
-def test_a_group_waits_for_its_unselected_runs(tmp_path, monkeypatch):
+def test_a_group_waits_for_its_unselected_runs(tmp_path, monkeypatch, capsys):
   calls = []
   monkeypatch.setattr(launch, "run_one", fake_run_one(calls))
-  sweep = spec_lib.load(_spec(tmp_path))
+  path = _spec(tmp_path)
+  sweep = spec_lib.load(path)
   runs = list(sweep.runs)
   outcomes = early_stop.run_local(runs[:2], sweep.spec.early_stop, runs, log=lambda s: None)
   assert [o["status"] for o in outcomes] == ["paused", "paused"]
   assert early_stop.read_decision(sweep.out_dir, "d1w32-D1.44e4-s0") is None
+  capsys.readouterr()
+  assert cli.main(["list", path]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert [next(ln for ln in lines if ln.strip().startswith(r.name)).split()[9]
+          for r in runs] == ["paused", "paused", "pending"]
   outcomes = early_stop.run_local(runs[2:], sweep.spec.early_stop, runs, log=lambda s: None)
   assert outcomes[0]["status"] == "stopped_early"
   assert calls == [(r.name, 9) for r in runs]  # decided; the kept run waits for its turn
@@ -258,7 +264,7 @@ def test_an_unforecastable_group_keeps_every_run(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- end to end
 
-@pytest.mark.slow  # ~75 s on 2 cores: three real runs to step 9, one on to step 30
+@pytest.mark.slow  # 30 s idle, 110 s loaded: three real runs to step 9, one on to 30
 def test_lr_sweep_stops_the_worst_forecasts(tmp_path):
   setup = tf.make_token_setup(str(tmp_path / "data"))
   path = _spec(tmp_path / "s", setup)
