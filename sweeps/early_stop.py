@@ -8,7 +8,8 @@ that differ only in lr) form a group. Two phases:
      schedule is that of its full length all along;
   2. once all of a group has reached it, each run's final loss is forecast from its curve
      up to that step (analysis.extrapolate, lr_annealing on the run's own schedule; the
-     eval loss when every run of the group has an eval forecast, else the train loss), the
+     eval loss when every run of the group has an eval forecast, else the train loss;
+     the 95% bootstrap interval is recorded beside it, not used), the
      decision is written to <out_dir>/early_stop/<group>.json, the best kept(n) runs
      (keep x n rounded, halves up, at least 1) are recorded `kept` and resume to the end,
      the others get <run>/stopped_early.json and a `stopped_early` event (forecast, rank).
@@ -39,6 +40,7 @@ from sweeps.spec import EarlyStopSpec, Run
 
 DECISIONS_DIR = "early_stop"
 METHOD = "lr_annealing"
+REPLICATES = 100  # bootstrap replicates of each forecast's 95% interval (recorded, not used)
 
 
 def groups(runs: list[Run]) -> dict[str, list[Run]]:
@@ -94,11 +96,14 @@ def forecast_run(run: Run) -> dict[str, Any]:
   out: dict[str, Any] = {"run": run.name, "stop_step": stop, "steps": steps}
   try:
     curve = extrapolate.load_run(run.directory)
-    result = extrapolate.forecast(curve, stop / steps, methods=(METHOD,), replicates=0)
+    result = extrapolate.forecast(curve, stop / steps, methods=(METHOD,),
+                                  replicates=REPLICATES)
   except AnalysisError as e:
     return dict(out, forecasts={}, reason=str(e))
   out["forecasts"] = {r["split"]: r["forecast"] for r in result["forecasts"]
                       if math.isfinite(r["forecast"])}
+  out["intervals_95"] = {r["split"]: r["interval_95"] for r in result["forecasts"]
+                         if "interval_95" in r}
   out["reason"] = "; ".join(f"{s['split']}: {s['reason']}" for s in result["skipped"])
   for split in ("eval", "train"):
     if split in curve.points:
@@ -124,12 +129,13 @@ def decide(group: str, members: list[Run], early: EarlyStopSpec) -> dict[str, An
                if "train" not in r["forecasts"]]
     decision["reason"] = ("every run kept: no forecast of " + "; ".join(missing))
     for r in rows:
-      r.update(decision="kept", rank=None, forecast=None)
+      r.update(decision="kept", rank=None, forecast=None, interval_95=None)
     return dict(decision, kept=n, runs=rows)
   order = sorted(range(n), key=lambda i: (rows[i]["forecasts"][split], i))
   for rank, i in enumerate(order, start=1):
     row = rows[i]
     row.update(forecast=row["forecasts"][split], rank=rank,
+               interval_95=row.get("intervals_95", {}).get(split),
                decision="kept" if rank <= keep else "stopped_early")
     if row["decision"] == "stopped_early" and row["run"] in finished:
       row.update(decision="kept", note="finished before the group was decided")
@@ -142,7 +148,8 @@ def apply(out_dir: str, decision: dict[str, Any]) -> None:
             if e["event"] in ("kept", "stopped_early")}
   for row in decision["runs"]:
     fields = {"group": decision["group"], "step": row["stop_step"],
-              "forecast": row["forecast"], "rank": row["rank"], "of": decision["size"],
+              "forecast": row["forecast"], "interval_95": row["interval_95"],
+              "rank": row["rank"], "of": decision["size"],
               "kept": decision["kept"], "split": decision["split"],
               "method": decision["method"]}
     if row["decision"] == "stopped_early":
@@ -189,6 +196,8 @@ def format_decision(decision: dict[str, Any]) -> str:
            + (f" ({decision['reason']})" if decision.get("reason") else "")]
   for row in sorted(decision["runs"], key=lambda r: r["rank"] or 0):
     forecast = f"{row['forecast']:.4f}" if row["forecast"] is not None else "-"
+    if row.get("interval_95"):
+      forecast += " [{:.4g}, {:.4g}]".format(*row["interval_95"])
     lines.append(f"  {row['rank'] or '-'}. {row['run']:<28} forecast {forecast}  "
                  f"{row['decision']}" + (f" ({row['note']})" if row.get("note") else ""))
   return "\n".join(lines)

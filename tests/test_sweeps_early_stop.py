@@ -157,6 +157,8 @@ def test_keeps_the_best_forecast_and_registry_excludes_the_rest(tmp_path, monkey
   assert decision["split"] == "train" and decision["kept"] == 1
   for row in decision["runs"]:
     assert row["forecast"] == pytest.approx(own[row["run"]], rel=1e-6)
+    lo, hi = row["interval_95"]  # recorded beside the forecast (bootstrap)
+    assert 0 < lo < hi
   ranks = {n: i + 1 for i, n in enumerate(sorted(own, key=own.get))}
   events = registry.events(sweep.out_dir)
   stopped = {e["run"]: e for e in events if e["event"] == "stopped_early"}
@@ -264,7 +266,7 @@ def test_an_unforecastable_group_keeps_every_run(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- end to end
 
-@pytest.mark.slow  # 30 s idle, 110 s loaded: three real runs to step 9, one on to 30
+@pytest.mark.slow  # 18-30 s idle, 110 s loaded: three real runs to step 9, one on to 30
 def test_lr_sweep_stops_the_worst_forecasts(tmp_path):
   setup = tf.make_token_setup(str(tmp_path / "data"))
   path = _spec(tmp_path / "s", setup)
