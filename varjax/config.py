@@ -49,6 +49,10 @@ class ModelConfig:
   shared_aln: bool = False
   attn_impl: AttnImpl = "auto"
   dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; params stay fp32
+  # VAR's attention: L2-normalised q and k, q times a learned per-head scale, softmax scale
+  # 1. False: standard attention, softmax(q k^T / sqrt(head_dim)).
+  attn_l2_norm: bool = True
+  qk_norm: bool = False  # LayerNorm (learned scale and bias) on q and k per head
 
   def __post_init__(self):
     _check(self.depth >= 1, "model.depth", f"must be >= 1, got {self.depth}")
@@ -66,6 +70,9 @@ class ModelConfig:
     _check(self.drop_path_rate is None or 0 <= self.drop_path_rate < 1,
            "model.drop_path_rate", "must be in [0, 1)")
     _check(0 <= self.cond_drop_prob <= 1, "model.cond_drop_prob", "must be in [0, 1]")
+    _check(not (self.qk_norm and self.attn_l2_norm), "model.qk_norm",
+           "needs model.attn_l2_norm=false (VAR's L2-normalised attention already normalises "
+           "q and k)")
 
   @property
   def name(self) -> str:
@@ -179,6 +186,9 @@ class OptimConfig:
   decay_fraction: float = 0.2  # wsd: last fraction of the steps decays
   min_lr_ratio: float = 0.0
   grad_accum_steps: int = 1  # micro-batches per optimizer step (global batch / this each)
+  # z-loss (Wortsman et al. 2023: 1e-4): adds z_loss * mean(log^2 Z) of the output softmax
+  # to the objective; the logged `loss` stays the cross-entropy.
+  z_loss: float = 0.0
 
   def __post_init__(self):
     _check(self.base_lr > 0, "optim.base_lr", "must be > 0")
@@ -191,6 +201,7 @@ class OptimConfig:
     _check(0 < self.decay_fraction <= 1, "optim.decay_fraction", "must be in (0, 1]")
     _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
     _check(self.grad_accum_steps >= 1, "optim.grad_accum_steps", "must be >= 1")
+    _check(self.z_loss >= 0, "optim.z_loss", f"must be >= 0, got {self.z_loss}")
 
   def resolved_peak_lr(self, global_batch_size: int) -> float:
     if self.peak_lr is not None:
@@ -242,6 +253,11 @@ class RunConfig:
   # When every checkpoint of the run is unreadable: train again from step 0 (True) instead
   # of stopping with an error (False).
   restart_if_damaged: bool = False
+  # Gradient noise scale B_simple (McCandlish et al. 2018) in the train records: gradients of
+  # the micro-batches (or of the two halves of the batch) against the whole batch's, EMA'd
+  # over steps with this decay (docs/training.md).
+  log_noise_scale: bool = True
+  noise_scale_ema: float = 0.98
 
   def __post_init__(self):
     _check(bool(self.name) and "/" not in self.name, "run.name",
@@ -251,6 +267,8 @@ class RunConfig:
       _check(getattr(self, key) >= 1, f"run.{key}", "must be >= 1")
     _check(self.eval_examples >= 0, "run.eval_examples", "must be >= 0")
     _check(all(k >= 1 for k in self.keep_steps), "run.keep_steps", "must be positive steps")
+    _check(0 <= self.noise_scale_ema < 1, "run.noise_scale_ema",
+           f"must be in [0, 1), got {self.noise_scale_ema}")
     if self.warm_start is not None:
       _check(self.warm_start_point is not None, "run.warm_start",
              f"expected '<run dir>@<step>', got {self.warm_start!r}")

@@ -15,8 +15,9 @@ token adds a level embedding (its scale) and a learned absolute position.
 
 Block: affine-free LayerNorm modulated by AdaLN from the class embedding (per block, or
 one shared Linear plus a per-block offset); attention with L2-normalised q and k, q scaled
-by exp(min(s_h, log 100)) per head, softmax scale 1, scale-causal mask; residual branches
-multiplied by gamma (no +1); drop-path rates spread linearly over the blocks.
+by exp(min(s_h, log 100)) per head, softmax scale 1, scale-causal mask (model.attn_l2_norm;
+false gives standard 1 / sqrt(head_dim) attention, optionally with qk-layernorm); residual
+branches multiplied by gamma (no +1); drop-path rates spread linearly over the blocks.
 
 Parameter names and init follow the reference so that converted weights (models/convert.py)
 land one to one; `varjax params --model var-d16` gives the published 310,283,520.
@@ -35,6 +36,7 @@ import numpy as np
 from varjax import scales
 from varjax.config import ModelConfig
 from varjax.kernels import attention as attention_lib
+from varjax.kernels import mask as mask_lib
 
 LN_EPS = 1e-6
 MAX_LOG_SCALE = math.log(100.0)  # q scale exp(s) is clamped at 100
@@ -121,7 +123,14 @@ def drop_path(module: nn.Module, x_BxLxC, rate: float, train: bool):
 
 
 class Attention(nn.Module):
-  """Scale-causal self-attention with VAR's L2-normalised q, k and learned per-head scale."""
+  """Scale-causal self-attention. VAR's (cfg.attn_l2_norm): L2-normalised q, k and a learned
+  per-head scale on q, softmax scale 1. Otherwise standard attention, softmax scale
+  1 / sqrt(head_dim), with LayerNorm on q and k per head if cfg.qk_norm.
+
+  Under `mutable=["intermediates"]` a full pass sows `attn_logit_max`: the largest
+  pre-softmax logit (scale included, masked entries excluded) of the first example of the
+  batch, a monitor of attention-logit growth (Wortsman et al. 2023); gradients do not flow
+  through it and plain `apply` does not compute it."""
   cfg: ModelConfig
 
   @nn.compact
@@ -138,35 +147,64 @@ class Attention(nn.Module):
                  name="mat_qkv")(x_BxLxC)
     q_bias = _param(self, "q_bias", nn.initializers.zeros, (c,), ("heads",))
     v_bias = _param(self, "v_bias", nn.initializers.zeros, (c,), ("heads",))
-    log_scale = _param(self, "scale_mul", nn.initializers.constant(math.log(4.0)), (h,),
-                       ("heads",))
     b, length = x_BxLxC.shape[:2]
     split = lambda t: t.astype(jnp.float32).reshape(b, length, h, k_dim)
     q_BxLxHxK = split(qkv[:, :, 0] + q_bias.astype(qkv.dtype))
     k_BxLxHxK = split(qkv[:, :, 1])
     v_BxLxHxK = split(qkv[:, :, 2] + v_bias.astype(qkv.dtype))
-    scale_H = jnp.exp(jnp.minimum(log_scale, MAX_LOG_SCALE))
     dt = _dtype(cfg.dtype)
-    q_BxLxHxK = (l2_normalize(q_BxLxHxK) * scale_H[:, None]).astype(dt)
-    k_BxLxHxK = l2_normalize(k_BxLxHxK).astype(dt)
+    if cfg.attn_l2_norm:
+      log_scale = _param(self, "scale_mul", nn.initializers.constant(math.log(4.0)), (h,),
+                         ("heads",))
+      scale_H = jnp.exp(jnp.minimum(log_scale, MAX_LOG_SCALE))
+      q_BxLxHxK = l2_normalize(q_BxLxHxK) * scale_H[:, None]
+      k_BxLxHxK = l2_normalize(k_BxLxHxK)
+      softmax_scale = 1.0
+    else:
+      if cfg.qk_norm:
+        q_BxLxHxK = self._head_norm("q_norm", q_BxLxHxK)
+        k_BxLxHxK = self._head_norm("k_norm", k_BxLxHxK)
+      softmax_scale = 1.0 / math.sqrt(k_dim)
+    q_BxLxHxK = q_BxLxHxK.astype(dt)
+    k_BxLxHxK = k_BxLxHxK.astype(dt)
     v_BxLxHxK = v_BxLxHxK.astype(dt)
     q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (nn.with_logical_constraint(t, BLHK)
                                        for t in (q_BxLxHxK, k_BxLxHxK, v_BxLxHxK))
+    if kv_cache is None and self.is_mutable_collection("intermediates"):
+      self.sow("intermediates", "attn_logit_max",
+               max_attention_logit(q_BxLxHxK[:1], k_BxLxHxK[:1], cfg.patch_nums, softmax_scale))
     if kv_cache is None:
       o_BxLxHxK = attention_lib.attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, cfg.patch_nums,
-                                          scale=1.0, impl=cfg.attn_impl)
+                                          scale=softmax_scale, impl=cfg.attn_impl)
       new_cache = None
     else:
       # The S queries of one scale see every earlier scale and their own: the whole cache.
       k_BxTxHxK = jnp.concatenate([kv_cache[0], k_BxLxHxK], axis=1)
       v_BxTxHxK = jnp.concatenate([kv_cache[1], v_BxLxHxK], axis=1)
       o_BxLxHxK = attention_lib.cached_attention(q_BxLxHxK, k_BxTxHxK, v_BxTxHxK,
-                                                 k_BxTxHxK.shape[1])
+                                                 k_BxTxHxK.shape[1], scale=softmax_scale)
       new_cache = (k_BxTxHxK, v_BxTxHxK)
     o_BxLxC = o_BxLxHxK.reshape(b, length, c)
     proj = Linear((c,), ("heads", "embed"), std / math.sqrt(2 * cfg.depth), dtype=cfg.dtype,
                   name="proj")
     return proj(o_BxLxC), new_cache
+
+  def _head_norm(self, name: str, x_BxLxHxK):
+    """LayerNorm over the head dim with a learned scale and bias shared by the heads
+    (qk-layernorm, Dehghani et al. 2023; Wortsman et al. 2023), in fp32."""
+    k_dim = x_BxLxHxK.shape[-1]
+    scale_K = _param(self, f"{name}_scale", nn.initializers.ones, (k_dim,), ("kv",))
+    bias_K = _param(self, f"{name}_bias", nn.initializers.zeros, (k_dim,), ("kv",))
+    return layer_norm(x_BxLxHxK) * scale_K + bias_K
+
+
+def max_attention_logit(q_BxLxHxK, k_BxLxHxK, patch_nums, scale: float):
+  """The largest allowed pre-softmax logit q.k * scale over batch, heads and positions (no
+  gradient). The model calls it on one example: a [1, H, L, L] product per layer."""
+  allowed_LxL = jnp.asarray(mask_lib.dense_mask(patch_nums))
+  q, k = (jax.lax.stop_gradient(t).astype(jnp.float32) for t in (q_BxLxHxK, k_BxLxHxK))
+  s_BxHxLxL = jnp.einsum("bqhk,bthk->bhqt", q, k) * scale
+  return jnp.max(jnp.where(allowed_LxL, s_BxHxLxL, -jnp.inf))
 
 
 class FFN(nn.Module):
@@ -298,6 +336,14 @@ class VAR(nn.Module):
                + self._position(int(bounds[1]), cfg.num_tokens))
     logits_BxLxV, _ = self.blocks_and_head(jnp.concatenate(h, axis=1), cond_BxC, train)
     return logits_BxLxV
+
+
+def attention_monitors(intermediates, depth: int) -> dict[str, jax.Array]:
+  """attn_logit_max (over layers) and attn_logit_max_per_layer [depth] from the
+  `intermediates` collection of a full pass (see Attention)."""
+  per_layer = jnp.stack([intermediates[f"blocks_{i}"]["attn"]["attn_logit_max"][0]
+                         for i in range(depth)])
+  return {"attn_logit_max": per_layer.max(), "attn_logit_max_per_layer": per_layer}
 
 
 def check_input_shapes(cfg: ModelConfig, labels_B, x_BxLrxCv) -> None:

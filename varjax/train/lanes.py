@@ -152,8 +152,9 @@ def _train(cfgs: list[Config], directories: list[str], cleanup: contextlib.ExitS
   def one_lane(lane_state, lane_batch, peak):
     tx = optimizer.adamw(cfg.optim, steps, batch, peak=peak)
     schedule = optimizer.lr_schedule(cfg.optim, steps, batch, peak=peak)
-    return step_lib.train_step_fn(model, tx, schedule, cfg.optim.grad_accum_steps)(
-        lane_state, lane_batch)
+    return step_lib.train_step_fn(model, tx, schedule, cfg.optim.grad_accum_steps,
+                                  noise_scale=cfg.run.log_noise_scale,
+                                  z_loss=cfg.optim.z_loss)(lane_state, lane_batch)
 
   def lanes_step(stacked, flat_batch, lane_peaks):
     per_lane = jax.tree.map(lambda a: a.reshape(k, a.shape[0] // k, *a.shape[1:]), flat_batch)
@@ -181,6 +182,7 @@ def _train(cfgs: list[Config], directories: list[str], cleanup: contextlib.ExitS
     writers.append(metrics_lib.MetricsWriter(d))
     cleanup.callback(writers[-1].close)
   errors: list[str | None] = [None] * k
+  noise_ema = metrics_lib.NoiseScaleEMA(cfg.run.noise_scale_ema)  # [K] averages
 
   # ---- the loop: what a step, a log line, an evaluation and a checkpoint are
   def one_step(step: int):
@@ -188,7 +190,7 @@ def _train(cfgs: list[Config], directories: list[str], cleanup: contextlib.ExitS
     tok, label = lane_batch(step)
     with jax.set_mesh(mesh), rules.rules_context():
       state, m = jitted(state, prepare(tok, label), peaks)
-    return m
+    return noise_ema.update(m)
 
   def write_log(done_steps: int, m, rate: float, train_time: float):
     for i in range(k):

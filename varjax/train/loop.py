@@ -274,7 +274,10 @@ def train(cfg: Config, *, progress: bool | None = None, log: Callable[[str], Non
     if is_main:
       metrics_lib.truncate_after(directory, first_step)
     train_step = step_lib.make_train_step(model, tx, schedule, mesh, shardings,
-                                          cfg.optim.grad_accum_steps)
+                                          cfg.optim.grad_accum_steps,
+                                          noise_scale=cfg.run.log_noise_scale,
+                                          z_loss=cfg.optim.z_loss)
+    noise_ema = metrics_lib.NoiseScaleEMA(cfg.run.noise_scale_ema)
     eval_step = step_lib.make_eval_step(model, mesh, shardings["params"])
 
     acc = accounting_lib.accounting(cfg, mesh)
@@ -287,7 +290,7 @@ def train(cfg: Config, *, progress: bool | None = None, log: Callable[[str], Non
       nonlocal state
       tok, label = train_data.train_batch(step)
       state, m = train_step(state, prepare(tok, label))
-      return m
+      return noise_ema.update(m)
 
     def write_log(done_steps: int, m, rate: float, train_time: float):
       writer.write(done_steps, "train",

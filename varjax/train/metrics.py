@@ -19,6 +19,7 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from varjax import files
@@ -48,6 +49,49 @@ def truncate_after(run_dir: str, step: int) -> None:
       if record.get("step", 0) <= step:
         kept.append(json.dumps(record))
   files.write_atomic(path, "".join(k + "\n" for k in kept))
+
+
+@jax.jit
+def _ema_zeros(like):
+  zeros = jnp.zeros(jnp.shape(like), jnp.float32)
+  return {"g2": zeros, "trace": zeros, "weight": zeros}
+
+
+@jax.jit
+def _ema_update(ema, g2, trace, decay):
+  keep = jnp.isfinite(g2) & jnp.isfinite(trace)  # a diverged step does not poison the mean
+  mix = lambda old, new: jnp.where(keep, decay * old + (1 - decay) * new, old)
+  ema = {"g2": mix(ema["g2"], g2), "trace": mix(ema["trace"], trace),
+         "weight": mix(ema["weight"], jnp.ones_like(g2))}
+  weight = jnp.maximum(ema["weight"], 1e-30)
+  g2_avg, trace_avg = ema["g2"] / weight, ema["trace"] / weight
+  return ema, {"gns_g2": g2_avg, "gns_trace": trace_avg, "gns_b_simple": trace_avg / g2_avg}
+
+
+class NoiseScaleEMA:
+  """Exponential moving averages of the per-step |G|^2 and tr(Sigma) estimates on the
+  device (one tiny jitted update per step, no host sync), bias-corrected like Adam's
+  moments. McCandlish et al. (2018, appendix A.1) average numerator and denominator
+  separately: B_simple = EMA[tr(Sigma)] / EMA[|G|^2], not an average of noisy ratios.
+
+  It lives outside the checkpointed train state: a resumed run restarts the averages
+  (the first records after a resume average the steps since it). Shapes follow the
+  metrics: [] for one run, [K] for K lanes."""
+
+  def __init__(self, decay: float):
+    self.decay = decay
+    self.ema = None
+
+  def update(self, m: dict[str, Any]) -> dict[str, Any]:
+    """m with gns_g2, gns_trace (averages) and gns_b_simple added; m unchanged if it has
+    no per-step estimates."""
+    if "gns_g2_step" not in m:
+      return m
+    g2, trace = m["gns_g2_step"], m["gns_trace_step"]
+    if self.ema is None:  # zeros placed like the metrics (jit keeps the input's devices)
+      self.ema = _ema_zeros(g2)
+    self.ema, values = _ema_update(self.ema, g2, trace, jnp.float32(self.decay))
+    return dict(m, **values)
 
 
 class MetricsWriter:
