@@ -138,3 +138,19 @@ def test_standard_attention_logits_grow_at_a_high_learning_rate():
   standard = _max_logit_after_training(l2_norm=False, lr=3e-2)
   normalised = _max_logit_after_training(l2_norm=True, lr=3e-2)
   assert standard > 2 * normalised, (standard, normalised)
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_standard_attention_kv_cache_equals_the_full_pass(qk_norm):
+  """Sampling's KV-cache path takes the same 1 / sqrt(head_dim) scale as the full pass."""
+  cfg = ModelConfig(depth=2, width=32, heads=2, patch_nums=PN, attn_impl="xla",
+                    attn_l2_norm=False, qk_norm=qk_norm)
+  x = jax.random.normal(jax.random.key(0), (2, 14, 32))
+  module = Attention(cfg)
+  params = {"params": nn.unbox(module.init(jax.random.key(1), x)["params"])}
+  full, _ = module.apply(params, x)
+  cache = (jnp.zeros((2, 0, 2, 16)), jnp.zeros((2, 0, 2, 16)))
+  bounds = np.cumsum([0] + [p * p for p in PN])
+  for lo, hi in zip(bounds[:-1], bounds[1:]):
+    out, cache = module.apply(params, x[:, lo:hi], cache)
+    np.testing.assert_allclose(out, full[:, lo:hi], rtol=1e-5, atol=1e-6)
