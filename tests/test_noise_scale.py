@@ -127,7 +127,7 @@ def test_a_tiny_run_logs_a_finite_positive_noise_scale_and_the_monitors(setup, t
   values = fx.tiny_config(setup, str(tmp_path), optim={"peak_lr": 3e-3, "warmup_steps": 2,
                                                        "z_loss": 1e-4},
                           run={"name": "gns", "steps": 4, "log_every": 2, "eval_every": 100,
-                               "checkpoint_every": 100})
+                               "checkpoint_every": 100, "log_noise_scale": True})
   loop.train(config_lib.from_dict(values), progress=False, log=lambda s: None)
   with open(os.path.join(str(tmp_path), "gns", "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f if '"train"' in line]

@@ -255,8 +255,9 @@ class RunConfig:
   restart_if_damaged: bool = False
   # Gradient noise scale B_simple (McCandlish et al. 2018) in the train records: gradients of
   # the micro-batches (or of the two halves of the batch) against the whole batch's, EMA'd
-  # over steps with this decay (docs/training.md).
-  log_noise_scale: bool = True
+  # over steps with this decay (docs/training.md). Off by default: the halves add about a
+  # third to the step's compile time and one gradient-sized buffer; batch sweeps turn it on.
+  log_noise_scale: bool = False
   noise_scale_ema: float = 0.98
 
   def __post_init__(self):
