@@ -74,7 +74,7 @@ def write_registry(root, table, unfinished=1):
 def test_fit_contract_on_chinchilla_csv():
   out = analysis("fit", "--law", "chinchilla", "--csv", CHINCHILLA_CSV, "--n-col",
                  "Model Size", "--c-col", "Training FLOP", "--loss-col", "loss",
-                 "--drop-top-loss", "5", "--bootstrap", "50", "--json",
+                 "--drop-top-loss", "5", "--bootstrap", "20", "--json",
                  "--at", "N=7e10,D=1.4e12")
   assert out.returncode == 0, out.stderr
   report = json.loads(out.stdout)
@@ -171,6 +171,7 @@ def test_missing_inputs_are_one_clear_line(tmp_path, capsys):
   assert rc == 2 and "does not exist" in err
 
 
+@pytest.mark.slow  # 19 s; the missing-floor check stays in test_analysis_validity::test_floor_identifiability
 def test_a_fit_without_a_floor_is_flagged_and_the_floor_can_be_fixed(tmp_path, capsys):
   """Runs with no floor (pure power laws, as on tiny runs) fit E ~ 0: a warning says so
   (runs with a floor get none: the Chinchilla contract test). Fixing E at the truth

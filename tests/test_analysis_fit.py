@@ -68,6 +68,7 @@ def test_bootstrap_seeded_refits_equal_full_grid_refits(chinchilla_fit):
     np.testing.assert_allclose(boot.thetas_KxP[k], refit.theta, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # 31 s; the scipy agreement stays in the default set (test_batched_lbfgs_agrees_with_scipy)
 def test_fixed_floor_fit_against_the_free_optimum_and_scipy(chinchilla_fit):
   """E fixed at the free fit's E gives back the free fit; E fixed at Hoffmann et al.'s
   published 1.69 reaches scipy's optimum of the same objective."""

@@ -162,6 +162,7 @@ def test_runs_without_fd_are_left_out_of_the_fd_summary(study, fits):
                       "no 'fd_test' column.")
 
 
+@pytest.mark.slow  # 18 s; the held-out logic has its own fast tests in this file
 def test_report_heldout_section_and_forecast_table(capsys, study, tmp_path):
   root, _, held = study
   out = tmp_path / "report"

@@ -11,6 +11,7 @@ SMALL = dict(model="var-d1", patch_nums=(1, 2), vocab_size=64, num_classes=10, s
              warmup=1, attn_impl="xla")
 
 
+@pytest.mark.slow  # 15-26 s: five compiles of the bench step
 def test_picks_the_largest_batch_that_fits_and_refuses_when_none_does(monkeypatch):
   # With no limit (CPU) the largest batch is timed, and XLA's memory grows with the batch.
   full = bench.bench_train(batch=[2, 8], **SMALL)

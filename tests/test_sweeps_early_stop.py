@@ -284,3 +284,11 @@ def test_lr_sweep_stops_the_worst_forecasts(tmp_path):
     assert json.load(f)["resumed_at_step"] == 9
   with pytest.warns(UserWarning, match="stopped early"):
     assert list(load_runs(sweep.out_dir)["run"]) == [kept.name]
+  # The stop does not disturb the survivor: its config trained alone, start to end, gives the
+  # same curve step by step (bitwise: the pause is a checkpoint and a resume).
+  from varjax.train import loop
+  values = config_lib.read_config_file(os.path.join(kept.directory, "config.json"))
+  values["run"] = dict(values["run"], out_dir=str(tmp_path / "alone"), keep_steps=[])
+  loop.train(config_lib.from_dict(values), progress=False, log=lambda s: None)
+  alone = os.path.join(str(tmp_path / "alone"), values["run"]["name"])
+  assert tf.train_losses(alone) == tf.train_losses(kept.directory)
