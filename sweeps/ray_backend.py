@@ -36,6 +36,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 import time
 import warnings
 from typing import Any, Callable, Iterator
@@ -251,6 +253,14 @@ def failed(out_dir: str, name: str, error: BaseException, seconds: float) -> dic
 def train_task(cwd: str, spec_path: str, out_dir: str, name: str) -> dict[str, Any]:
   """The body of a run's task, in a Ray worker process."""
   start = time.time()
+  from varjax.train import checkpoint
+  # ray.cancel interrupts the main thread as a Ctrl-C would. Until the training loop
+  # installs its own handler, Python's default one raises KeyboardInterrupt wherever the
+  # thread is, and inside a JAX garbage-collection callback it was swallowed (the run then
+  # trained to the end): record the request instead; the loop picks it up at its first step.
+  checkpoint.clear_stop_request()  # a worker process runs task after task
+  if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGINT, lambda signum, frame: checkpoint.ask_to_stop("Ctrl-C"))
   os.chdir(cwd)  # the spec's relative paths (out_dir, data) are the driver's
   from varjax import hostmem
   hostmem.keep_freed_memory()  # before JAX starts its threads: see varjax/hostmem.py

@@ -116,6 +116,26 @@ class DamagedCheckpoints(errors.VarjaxError):
   """Checkpoints exist but none can be read."""
 
 
+# A stop that arrived while no training loop was listening yet (see ask_to_stop).
+_stop_asked: list[str] = []
+
+
+def ask_to_stop(reason: str = "Ctrl-C") -> None:
+  """Records a stop request made before the loop's PreemptionFlag exists: a Ray task cancelled
+  during its setup gets a simulated Ctrl-C, and Python's default handler raises it wherever
+  the main thread is, where it can be swallowed (seen inside one of JAX's garbage-collection
+  callbacks, after which the run trained to the end). The next PreemptionFlag starts
+  requested instead, so the run saves at the end of its first step and records its
+  interruption."""
+  if not _stop_asked:
+    _stop_asked.append(reason)
+
+
+def clear_stop_request() -> None:
+  """Forgets a pending ask_to_stop (a worker process starting its next task)."""
+  _stop_asked.clear()
+
+
 class PreemptionFlag:
   """SIGTERM (TPU/cloud preemption, `kill`, Ray stopping a task) or Ctrl-C asks the loop to
   save a checkpoint at the end of a step and exit; `reached(step)` says when, `reason` which
@@ -134,6 +154,8 @@ class PreemptionFlag:
     import jax
     self.requested = False
     self.reason = "SIGTERM"
+    if _stop_asked:  # asked before this loop listened (ask_to_stop)
+      self.requested, self.reason = True, _stop_asked.pop()
     self._previous: dict[int, Any] = {}
     self._synced = (jax.process_count() > 1 and jax.distributed.is_initialized()
                     and jax.config.jax_enable_preemption_service)
