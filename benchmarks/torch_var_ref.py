@@ -72,19 +72,7 @@ def bench_train(args, torch, device) -> dict:
     opt.step()
     return loss
 
-  start = time.perf_counter()
-  for _ in range(args.warmup):
-    loss = step()
-  _sync(torch, device)
-  warmup_s = time.perf_counter() - start
-  if device.type == "cuda":
-    torch.cuda.reset_peak_memory_stats()
-  times = []
-  for _ in range(args.steps):
-    start = time.perf_counter()
-    loss = step()
-    _sync(torch, device)
-    times.append(time.perf_counter() - start)
+  loss, warmup_s, times = _timed(lambda i: step(), args, torch, device)
   step_s = min(times)
   return {"what": "train", "batch": args.batch, "depth": args.depth, "tokens_per_step":
           args.batch * length, "step_s": step_s, "step_s_all": times,
@@ -104,9 +92,22 @@ def bench_sample(args, torch, device) -> dict:
       return var.autoregressive_infer_cfg(B=args.batch, label_B=labels, cfg=1.5, top_k=900,
                                           top_p=0.96, g_seed=seed)
 
+  images, warmup_s, times = _timed(sample, args, torch, device)
+  call_s = min(times)
+  return {"what": "sample", "batch": args.batch, "depth": args.depth, "cfg": 1.5,
+          "top_k": 900, "top_p": 0.96, "call_s": call_s, "call_s_all": times,
+          "images_per_s": args.batch / call_s, "warmup_s": warmup_s,
+          "image_shape": list(images.shape), "peak_memory_bytes": _peak(torch, device),
+          "attention": _attention_kind(var)}
+
+
+def _timed(fn, args, torch, device):
+  """fn(i) for --warmup calls (i = 0, 1, ...), then --steps timed ones (i = 100, 101, ...,
+  so seeded samplers draw new samples), peak memory reset between: (last result, warmup
+  seconds, timed seconds per call)."""
   start = time.perf_counter()
   for i in range(args.warmup):
-    images = sample(i)
+    out = fn(i)
   _sync(torch, device)
   warmup_s = time.perf_counter() - start
   if device.type == "cuda":
@@ -114,15 +115,10 @@ def bench_sample(args, torch, device) -> dict:
   times = []
   for i in range(args.steps):
     start = time.perf_counter()
-    images = sample(100 + i)
+    out = fn(100 + i)
     _sync(torch, device)
     times.append(time.perf_counter() - start)
-  call_s = min(times)
-  return {"what": "sample", "batch": args.batch, "depth": args.depth, "cfg": 1.5,
-          "top_k": 900, "top_p": 0.96, "call_s": call_s, "call_s_all": times,
-          "images_per_s": args.batch / call_s, "warmup_s": warmup_s,
-          "image_shape": list(images.shape), "peak_memory_bytes": _peak(torch, device),
-          "attention": _attention_kind(var)}
+  return out, warmup_s, times
 
 
 def _peak(torch, device):

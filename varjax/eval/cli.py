@@ -151,6 +151,17 @@ def _cmd_convert_inception(args) -> None:
         f"{sum(v.size for v in jax.tree.leaves(params)):,} parameters, BatchNorm folded)")
 
 
+def _add_protocol_args(parser) -> None:
+  """The sampling protocol and reference flags shared by `eval fid` and `eval sampling`."""
+  parser.add_argument("--batch-size", type=int, default=64, help="samples per sampling batch")
+  parser.add_argument("--cfg", type=float, default=1.5, help="guidance at the last scale")
+  parser.add_argument("--top-k", type=int, default=900, help="0 = off")
+  parser.add_argument("--top-p", type=float, default=0.96, help="0 = off")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--reference-split", default=None,
+                      help="data split of the reference statistics (default: data.train_split)")
+
+
 def _add_network_args(parser: argparse.ArgumentParser) -> None:
   group = parser.add_mutually_exclusive_group(required=True)
   group.add_argument("--inception-weights", default=None, metavar="PATH",
@@ -177,13 +188,7 @@ def add_parser(commands) -> None:
   fid.add_argument("--num-samples", type=int, default=None,
                    help=f"K (default: {DEFAULT_SAMPLES_FID:,} for fid, "
                         f"{DEFAULT_SAMPLES_FD:,} for fd_<network>)")
-  fid.add_argument("--batch-size", type=int, default=64, help="samples per sampling batch")
-  fid.add_argument("--cfg", type=float, default=1.5, help="guidance at the last scale")
-  fid.add_argument("--top-k", type=int, default=900, help="0 = off")
-  fid.add_argument("--top-p", type=float, default=0.96, help="0 = off")
-  fid.add_argument("--seed", type=int, default=0)
-  fid.add_argument("--reference-split", default=None,
-                   help="data split of the reference statistics (default: data.train_split)")
+  _add_protocol_args(fid)
   fid.add_argument("--no-grid", action="store_true", help="no PNG grid of samples")
   fid.add_argument("--json", action="store_true")
   fid.set_defaults(func=_cmd_fid)
@@ -211,13 +216,7 @@ def add_parser(commands) -> None:
   samp.add_argument("--num-images", type=int, default=None,
                     help=f"samples per configuration (default: {DEFAULT_SAMPLES_FID:,} for "
                          f"fid, {DEFAULT_SAMPLES_FD:,} for fd_<network>)")
-  samp.add_argument("--batch-size", type=int, default=64, help="samples per sampling batch")
-  samp.add_argument("--cfg", type=float, default=1.5, help="guidance at the last scale")
-  samp.add_argument("--top-k", type=int, default=900, help="0 = off")
-  samp.add_argument("--top-p", type=float, default=0.96, help="0 = off")
-  samp.add_argument("--seed", type=int, default=0)
-  samp.add_argument("--reference-split", default=None,
-                    help="data split of the reference statistics (default: data.train_split)")
+  _add_protocol_args(samp)
   samp.add_argument("--fd-bootstrap", type=int, default=20, metavar="B",
                     help="resamples of the sample set for the distance's 95%% interval (0: none)")
   samp.add_argument("--out", required=True, help="the table: FILE.csv or FILE.jsonl")
