@@ -122,7 +122,7 @@ def last_json(text: str) -> dict | None:
   return None
 
 
-def run_all(args) -> dict:
+def run_all(args) -> tuple[dict, list[dict]]:
   os.makedirs(args.out, exist_ok=True)
   results_path = os.path.join(args.out, "results.jsonl")
   log_path = os.path.join(args.out, "log.txt")
@@ -134,7 +134,7 @@ def run_all(args) -> dict:
                         f" --xla_gpu_autotune_level={args.xla_autotune}").strip()
   deadline = time.monotonic() + args.budget_s
   results: dict[str, dict] = {}
-  run_all.records = []
+  records: list[dict] = []
   only = set(args.only.split(",")) if args.only else None
   for name, command, timeout in sections(args):
     if only and name not in only:
@@ -171,13 +171,13 @@ def run_all(args) -> dict:
       else:
         record["result"] = value
         results[name] = value
-    run_all.records.append(record)
+    records.append(record)
     with open(results_path, "a") as f:
       f.write(json.dumps(record) + "\n")
     status = ("ok" if "result" in record else record.get("error") or
               "skipped: " + record["skipped"])
     print(f"[{name}] {status}", flush=True)
-  return results
+  return results, records
 
 
 def summary(results: dict, quick: bool, records: list[dict] = (),
@@ -284,8 +284,8 @@ def main() -> None:
   if args.var_src and not os.path.isdir(os.path.join(args.var_src, "models")):
     parser.error(f"--var-src {args.var_src}: no models/ folder")
   start = time.monotonic()
-  results = run_all(args)
-  text = summary(results, args.quick, run_all.records, args.xla_autotune)
+  results, records = run_all(args)
+  text = summary(results, args.quick, records, args.xla_autotune)
   with open(os.path.join(args.out, "summary.md"), "w") as f:
     f.write(text)
   print(text)
