@@ -21,6 +21,17 @@ Laws, least squares in log space (numpy lstsq) over one point per cell (its opti
   lr_opt    = a N^b D^c
   batch_opt = d D^e          or the variant   batch_opt = d N^f D^e
 
+N-only form, chosen automatically when every cell has the same D (a sweep at one token
+budget, where c and e cannot be estimated): c = e = 0 are fixed, not fitted, and
+
+  lr_opt    = a N^b
+  batch_opt = d              or the variant   batch_opt = d N^f
+
+with the same selection of the batch form by backtest (d N^f in the role of d N^f D^e).
+Such a law holds at that D only: the report says so (`law.D_fixed`) and a prediction at
+another D is flagged as an extrapolation. It needs 3 or more sizes (2 coefficients and a
+residual); the full form needs 4 or more cells with N and D varying independently.
+
 The batch form is chosen by the leave-largest-out backtest: refit without the cells of the
 largest N, predict their (lr, batch), and take the loss of the run nearest the prediction
 (Euclidean in natural log lr, log batch) relative to the cell's best loss. d N^f D^e is
@@ -52,8 +63,17 @@ MIN_LEVELS, MIN_POINTS = 3, 7  # per window: distinct lrs and batches; points (6
 REPLICATES = 200
 ND_MARGIN = 0.9  # d N^f D^e must cut the backtest's batch log error by 10% at an equal gap
 LEVEL = 0.95
-BATCH_FORMS = {"D": "batch_opt = d D^e", "ND": "batch_opt = d N^f D^e"}
-LR_FORM = "lr_opt = a N^b D^c"
+BATCH_FORMS = {"D": "batch_opt = d D^e", "ND": "batch_opt = d N^f D^e",
+               "const": "batch_opt = d (D fixed)", "N": "batch_opt = d N^f (D fixed)"}
+LR_FORMS = {"ND": "lr_opt = a N^b D^c", "N": "lr_opt = a N^b (D fixed)"}
+LR_FORM = LR_FORMS["ND"]
+# The batch forms compared by the backtest (simpler first) when N and D vary ("ND") and
+# when D is the same in every cell ("N": the N-only form).
+CANDIDATES = {"ND": ("D", "ND"), "N": ("const", "N")}
+N_ONLY = {"const", "N"}
+# Coefficients each form fits; the others are fixed at 0 (c, e in the N-only form; f in d D^e).
+FITTED = {"lr": ("a", "b", "c"), "lr-N": ("a", "b"), "D": ("d", "e"), "ND": ("d", "f", "e"),
+          "const": ("d",), "N": ("d", "f")}
 FIT_ON = ("optimum", "near-optimal")
 # Li et al. 2025 ("Predictable Scale, Part I: Optimal Hyperparameter Scaling Law in Large
 # Language Model Pretraining"): lr in AdamW's units, B in tokens.
@@ -203,11 +223,17 @@ def law_points(cells: list[Cell], fit_on: str, tolerance: float) -> Points:
 
 
 def _design(p: Points, form: str) -> np.ndarray:
-  """Columns of the log-linear law: lr and 'ND': [1, log N, log D]; 'D': [1, log D]."""
-  one = np.ones_like(p.log_n)
-  if form == "D":
-    return np.stack([one, p.log_d], axis=1)
-  return np.stack([one, p.log_n, p.log_d], axis=1)
+  """Columns of the log-linear law: lr and 'ND': [1, log N, log D]; 'D': [1, log D];
+  the N-only forms: 'lr-N' and 'N': [1, log N]; 'const': [1]."""
+  columns = {"lr": ("one", "n", "d"), "ND": ("one", "n", "d"), "D": ("one", "d"),
+             "lr-N": ("one", "n"), "N": ("one", "n"), "const": ("one",)}[form]
+  values = {"one": np.ones_like(p.log_n), "n": p.log_n, "d": p.log_d}
+  return np.stack([values[k] for k in columns], axis=1)
+
+
+def lr_form(batch_form: str) -> str:
+  """The lr law's design that goes with a batch form: 'lr-N' for the N-only forms."""
+  return "lr-N" if batch_form in N_ONLY else "lr"
 
 
 def _solve(x: np.ndarray, y: np.ndarray) -> np.ndarray | None:
@@ -219,16 +245,19 @@ def _solve(x: np.ndarray, y: np.ndarray) -> np.ndarray | None:
 
 
 def fit_coefficients(p: Points, batch_form: str) -> dict[str, float] | None:
-  """{a, b, c, d, e[, f]} or None when a design is rank deficient."""
-  lr = _solve(_design(p, "lr"), p.log_lr)
+  """{a, b, c, d, e[, f]} or None when a design is rank deficient; the N-only forms give
+  c = e = 0 (fixed, not fitted)."""
+  lr_design = lr_form(batch_form)
+  lr = _solve(_design(p, lr_design), p.log_lr)
   bt = _solve(_design(p, batch_form), p.log_batch)
   if lr is None or bt is None:
     return None
-  out = {"a": math.exp(lr[0]), "b": float(lr[1]), "c": float(lr[2]), "d": math.exp(bt[0])}
-  if batch_form == "D":
-    out.update(e=float(bt[1]))
-  else:
-    out.update(f=float(bt[1]), e=float(bt[2]))
+  out = {"c": 0.0, "e": 0.0}
+  for names, values in ((FITTED[lr_design], lr), (FITTED[batch_form], bt)):
+    for k, v in zip(names, values):
+      out[k] = math.exp(v) if k in ("a", "d") else float(v)
+  if batch_form == "const":
+    out["f"] = 0.0  # d N^0: the N-only constant (kept so a reader sees no N dependence)
   return out
 
 
@@ -272,14 +301,17 @@ def _interval(estimate: float, values, num_cells: int, num_params: int,
 
 
 def law_report(coef: dict, boot: list[dict], batch_form: str, num_cells: int) -> dict:
-  def block(names):
+  def block(names, all_names):
     iv = {k: _interval(coef[k], [b[k] for b in boot], num_cells, len(names),
                        log=k in ("a", "d")) for k in names} if boot else None
-    return {**{k: coef[k] for k in names}, "interval_95": iv}
-  lr_names = ("a", "b", "c")
+    fixed = {k: coef[k] for k in all_names if k not in names}
+    return {**{k: coef[k] for k in all_names}, "interval_95": iv,
+            **({"fixed": fixed} if fixed else {})}
+  n_only = batch_form in N_ONLY
   batch_names = ("d", "e") if batch_form == "D" else ("d", "f", "e")
-  return {"lr": {"form": LR_FORM, **block(lr_names)},
-          "batch": {"form": BATCH_FORMS[batch_form], **block(batch_names)},
+  return {"lr": {"form": LR_FORMS["N" if n_only else "ND"],
+                 **block(FITTED[lr_form(batch_form)], ("a", "b", "c"))},
+          "batch": {"form": BATCH_FORMS[batch_form], **block(FITTED[batch_form], batch_names)},
           "batch_form": batch_form, "replicates": len(boot)}
 
 
@@ -313,19 +345,23 @@ def backtest(cells: list[Cell], p: Points, batch_form: str) -> dict:
 
 
 def choose_batch_form(tests: dict[str, dict]) -> tuple[str, str]:
-  """(form, why): d N^f D^e only when it earns its extra parameter in the backtest: a lower
-  mean gap, or the same gap (the same nearest runs) and a batch log error under
-  ND_MARGIN x that of d D^e; else Step Law's d D^e."""
+  """(form, why): the form with N (d N^f D^e, or d N^f at one D) only when it earns its
+  extra parameter in the backtest: a lower mean gap, or the same gap (the same nearest
+  runs) and a batch log error under ND_MARGIN x that of the simpler form; else the simpler
+  (Step Law's d D^e, or the constant d at one D). `tests` has the two candidates of
+  CANDIDATES["ND"] or CANDIDATES["N"]."""
+  simple, with_n = CANDIDATES["N"] if set(tests) == set(CANDIDATES["N"]) else CANDIDATES["ND"]
   if any("skipped" in t for t in tests.values()):
-    return "D", "batch_opt = d D^e (Step Law's form): no backtest (too few N)"
-  d, nd = tests["D"], tests["ND"]
+    return simple, f"{BATCH_FORMS[simple]} (the simpler form): no backtest (too few N)"
+  d, nd = tests[simple], tests[with_n]
   gap_d, gap_nd = round(d["mean_gap"], 12), round(nd["mean_gap"], 12)
   better = gap_nd < gap_d or (gap_nd == gap_d and nd["batch_rms_log_error"]
                               < ND_MARGIN * d["batch_rms_log_error"])
-  form = "ND" if better else "D"
+  form = with_n if better else simple
   return form, (
       f"{BATCH_FORMS[form]} by the leave-largest-out backtest: mean gap "
-      f"{d['mean_gap']:.4%} (d D^e) vs {nd['mean_gap']:.4%} (d N^f D^e); batch rms log error "
+      f"{d['mean_gap']:.4%} ({BATCH_FORMS[simple]}) vs {nd['mean_gap']:.4%} "
+      f"({BATCH_FORMS[with_n]}); batch rms log error "
       f"{d['batch_rms_log_error']:.3g} vs {nd['batch_rms_log_error']:.3g}")
 
 
@@ -336,9 +372,11 @@ def _range_factor(value: float, lo: float, hi: float) -> float:
   return float(max(value / hi, lo / value, 1.0))
 
 
-def predictions(coef: dict, boot: list[dict], at: list[dict], cells: list[Cell]) -> list[dict]:
+def predictions(coef: dict, boot: list[dict], at: list[dict], cells: list[Cell],
+                form: str) -> list[dict]:
   ns, ds = [c.n for c in cells], [c.d for c in cells]
-  k, p_batch = len(cells), 2 if "f" not in coef else 3
+  k = len(cells)
+  p_lr, p_batch = len(FITTED[lr_form(form)]), len(FITTED[form])
   out = []
   for point in at:
     n, d = point["N"], point["D"]
@@ -346,7 +384,7 @@ def predictions(coef: dict, boot: list[dict], at: list[dict], cells: list[Cell])
     sample = [predict(b, [n], [d]) for b in boot]
     factors = {"N": _range_factor(n, min(ns), max(ns)), "D": _range_factor(d, min(ds), max(ds))}
     out.append({"N": n, "D": d, "lr": lr, "batch": bs,
-                "lr_interval": _interval(lr, [s[0][0] for s in sample], k, 3, log=True)
+                "lr_interval": _interval(lr, [s[0][0] for s in sample], k, p_lr, log=True)
                 if boot else None,
                 "batch_interval": _interval(bs, [s[1][0] for s in sample], k, p_batch, log=True)
                 if boot else None,
@@ -379,10 +417,10 @@ def check_cells(cells: list[Cell]) -> None:
       if len(np.unique(values)) < 2:
         raise AnalysisError(f"cell N={c.n:.3g}, D={c.d:.3g} has a single {name} "
                             f"({values[0]:g}): each cell must sweep lr and batch size")
-  for name, values in (("N", [c.n for c in cells]), ("D", [c.d for c in cells])):
-    if len(np.unique(values)) < 2:
-      raise AnalysisError(f"all {len(cells)} cells have the same {name} ({values[0]:.3g}): "
-                          "lr_opt = a N^b D^c needs two or more values of N and of D")
+  ns = [c.n for c in cells]
+  if len(np.unique(ns)) < 2:
+    raise AnalysisError(f"all {len(cells)} cells have the same N ({ns[0]:.3g}): "
+                        "lr_opt = a N^b D^c needs two or more values of N")
 
 
 def analyse(n, d, lr, batch, loss, tolerance: float = TOLERANCE, replicates: int = REPLICATES,
@@ -396,18 +434,28 @@ def analyse(n, d, lr, batch, loss, tolerance: float = TOLERANCE, replicates: int
   for c in cells:
     smooth_optimum(c)
   p = law_points(cells, fit_on, tolerance)
-  if len(cells) < 4:
+  d_fixed = len({c.d for c in cells}) == 1  # one D level: the N-only form
+  vary = "N" if d_fixed else "ND"
+  if d_fixed and len(cells) < 3:
+    raise AnalysisError(f"{len(cells)} cells, all at D={cells[0].d:.3g}: the N-only form "
+                        "lr_opt = a N^b (2 coefficients) needs at least 3 sizes")
+  if not d_fixed and len(cells) < 4:
     raise AnalysisError(f"{len(cells)} (N, D) cells: lr_opt = a N^b D^c (3 coefficients) "
                         "needs at least 4")
-  if fit_coefficients(p, "ND") is None:
+  if not d_fixed and fit_coefficients(p, "ND") is None:
     raise AnalysisError(f"N and D do not vary independently across the {len(cells)} cells "
                         "(D a fixed multiple of N, say): lr_opt = a N^b D^c cannot tell b "
                         "from c")
-  tests = {form: backtest(cells, p, form) for form in BATCH_FORMS}
+  tests = {form: backtest(cells, p, form) for form in CANDIDATES[vary]}
   form, why = choose_batch_form(tests)
   coef = fit_coefficients(p, form)
   boot = bootstrap(p, form, replicates, seed) if replicates else []
   report = {"law": {**law_report(coef, boot, form, len(cells)), "chosen_by": why, "fit_on": fit_on,
+                    "varies": vary,
+                    "D_fixed": cells[0].d if d_fixed else None,
+                    **({"why_N_only": f"every cell has D = {cells[0].d:.4g}: c and e cannot be "
+                        "estimated, so lr_opt = a N^b and the batch law without D (valid at "
+                        "this D only)"} if d_fixed else {}),
                     "N_range": [min(c.n for c in cells), max(c.n for c in cells)],
                     "D_range": [min(c.d for c in cells), max(c.d for c in cells)]},
             "cells": [_cell_report(c, tolerance, coef) for c in cells],
@@ -417,7 +465,7 @@ def analyse(n, d, lr, batch, loss, tolerance: float = TOLERANCE, replicates: int
                                                                   "skipped") if k in t}
                                         for f, t in tests.items()}},
             "tolerance": tolerance,
-            "predict": predictions(coef, boot, list(at), cells)}
+            "predict": predictions(coef, boot, list(at), cells, form)}
   return report, cells, coef, boot
 
 
@@ -431,15 +479,19 @@ def _iv(block: dict, k: str) -> str:
 def summary_text(report: dict) -> str:
   law = report["law"]
   lr, bt = law["lr"], law["batch"]
-  f = f" N^{bt['f']:.3g}{_iv(bt, 'f')}" if "f" in bt else ""
   points = "optimum" if law["fit_on"] == "optimum" else "near-optimal runs"
+  n_only = law.get("varies") == "N"
+  f = f" N^{bt['f']:.3g}{_iv(bt, 'f')}" if "f" in bt and bt["form"] != BATCH_FORMS["const"] \
+      else ""
+  lr_d = "" if n_only else f" D^{lr['c']:.3g}{_iv(lr, 'c')}"
+  bt_d = "" if n_only else f" D^{bt['e']:.3g}{_iv(bt, 'e')}"
   lines = [f"hparams: {len(report['cells'])} cells, N {law['N_range'][0]:.3g}-"
            f"{law['N_range'][1]:.3g}, D {law['D_range'][0]:.3g}-{law['D_range'][1]:.3g}; laws "
            f"fitted to each cell's {points} ({law['replicates']} bootstrap resamples, 95% "
            "intervals)",
-           f"  lr_opt    = {lr['a']:.3g}{_iv(lr, 'a')} N^{lr['b']:.3g}{_iv(lr, 'b')} "
-           f"D^{lr['c']:.3g}{_iv(lr, 'c')}",
-           f"  batch_opt = {bt['d']:.3g}{_iv(bt, 'd')}{f} D^{bt['e']:.3g}{_iv(bt, 'e')}",
+           f"  lr_opt    = {lr['a']:.3g}{_iv(lr, 'a')} N^{lr['b']:.3g}{_iv(lr, 'b')}{lr_d}",
+           f"  batch_opt = {bt['d']:.3g}{_iv(bt, 'd')}{f}{bt_d}",
+           *([f"  N-only form: {law['why_N_only']}"] if n_only else []),
            f"  batch form: {law['chosen_by']}",
            f"cells (near-optimal: loss within {report['tolerance']:.2%} of the cell's best):",
            f"  {'N':>9} {'D':>9} {'runs':>4} {'best lr':>9} {'best B':>8} {'best loss':>9} "
@@ -466,6 +518,9 @@ def summary_text(report: dict) -> str:
                  + (f" [{li[0]:.3g}, {li[1]:.3g}]" if li else "")
                  + f", batch {p['batch']:.3g}" + (f" [{bi[0]:.3g}, {bi[1]:.3g}]" if bi else "")
                  + beyond)
+  if "sensitivity" in report:
+    from analysis import sensitivity
+    lines.append(sensitivity.summary_text(report["sensitivity"]))
   lines += [f"plot: {path}" for path in report.get("plots", [])]
   return "\n".join(lines)
 
@@ -508,22 +563,28 @@ def plot(report: dict, cells: list[Cell], coef: dict, boot: list[dict], out_dir:
 
   # Each panel shows one input's effect: the points moved to the other input's reference
   # value (its geometric mean over the cells) along the fitted law, so one line fits all.
-  fig, axes = plt.subplots(2, 2, figsize=(10, 8))
+  # At one D (the N-only form) only the N panels are drawn.
   n = np.array([c.n for c in cells])
   d = np.array([c.d for c in cells])
+  n_only = report["law"].get("varies") == "N"
+  panels = [("N", n, "D", d)] + ([] if n_only else [("D", d, "N", n)])
+  fig, axes = plt.subplots(2, len(panels), figsize=(5 * len(panels), 8), squeeze=False)
   ref = {"N": float(np.exp(np.log(n).mean())), "D": float(np.exp(np.log(d).mean()))}
   measured = {0: np.array([c.opt_lr for c in cells]), 1: np.array([c.opt_batch for c in cells])}
   fitted = predict(coef, n, d)
   for row, what in enumerate(("lr", "batch")):
-    for col, (x_name, x, other_name, other) in enumerate((("N", n, "D", d), ("D", d, "N", n))):
+    for col, (x_name, x, other_name, other) in enumerate(panels):
       ax = axes[row, col]
       grid = np.geomspace(x.min() / 1.5, x.max() * 1.5, 60)
       fixed = np.full_like(grid, ref[other_name])
       at = (grid, fixed) if x_name == "N" else (fixed, grid)
       at_pts = (n, np.full_like(n, ref["D"])) if x_name == "N" else (np.full_like(d, ref["N"]), d)
       moved = measured[row] * predict(coef, *at_pts)[row] / fitted[row]
-      sc = ax.scatter(x, moved, c=np.log10(other), cmap="viridis", zorder=3)
-      fig.colorbar(sc, ax=ax, label=f"log10 {other_name}")
+      if n_only:
+        ax.scatter(x, moved, color="C0", zorder=3, label="cell optimum")
+      else:
+        sc = ax.scatter(x, moved, c=np.log10(other), cmap="viridis", zorder=3)
+        fig.colorbar(sc, ax=ax, label=f"log10 {other_name}")
       ax.plot(grid, predict(coef, *at)[row], "k-", label="law")
       if boot:
         sample = np.array([predict(b, *at)[row] for b in boot])
@@ -534,9 +595,14 @@ def plot(report: dict, cells: list[Cell], coef: dict, boot: list[dict], out_dir:
       ax.set_xlabel(x_name)
       ax.set_ylabel(f"{what}_opt at {other_name} = {ref[other_name]:.3g}")
       ax.legend(fontsize=7)
-  f = f" N^{coef['f']:.3g}" if "f" in coef else ""
-  fig.suptitle(f"lr_opt = {coef['a']:.3g} N^{coef['b']:.3g} D^{coef['c']:.3g};   "
-               f"batch_opt = {coef['d']:.3g}{f} D^{coef['e']:.3g}", fontsize=10)
+  if n_only:
+    f = f" N^{coef['f']:.3g}" if report["law"]["batch_form"] == "N" else ""
+    fig.suptitle(f"at D = {d[0]:.3g}: lr_opt = {coef['a']:.3g} N^{coef['b']:.3g};   "
+                 f"batch_opt = {coef['d']:.3g}{f}", fontsize=10)
+  else:
+    f = f" N^{coef['f']:.3g}" if "f" in coef else ""
+    fig.suptitle(f"lr_opt = {coef['a']:.3g} N^{coef['b']:.3g} D^{coef['c']:.3g};   "
+                 f"batch_opt = {coef['d']:.3g}{f} D^{coef['e']:.3g}", fontsize=10)
   paths.append(_save(fig, f"{out_dir}/hparams_laws.png"))
   return paths
 
@@ -578,9 +644,38 @@ def add_parser(sub) -> None:
   p.add_argument("--seed", type=count, default=0)
   p.add_argument("--at", action="append", type=at_point, default=[], metavar="N=..,D=..",
                  help="predict lr_opt and batch_opt here (repeatable)")
+  p.add_argument("--l0", type=positive_number, default=None,
+                 help="lr sensitivity: the loss at initialisation (default ln V from "
+                      "--vocab-col: uniform logits; analysis/sensitivity.py)")
+  p.add_argument("--vocab-col", default="config.model.vocab_size",
+                 help="the codebook size V for L0 = ln V (default config.model.vocab_size, "
+                      "a registry's)")
   p.add_argument("--plot-dir", default=None)
   p.add_argument("--json", action="store_true", help="print JSON")
   p.set_defaults(func=run_command, c_col=None)
+
+
+def lr_sensitivity(table: pd.DataFrame, values: list[np.ndarray], args) -> dict:
+  """The sensitivity report (analysis/sensitivity.py) of the runs, or {"skipped_all": why}
+  when there is no L0 (no --l0, no vocabulary column) or no group sweeps 2+ lrs."""
+  from analysis import sensitivity
+  n, d, lr, batch, loss = values
+  if args.l0 is not None:
+    l0, source = args.l0, f"--l0 {args.l0:g}"
+  elif args.vocab_col in table.columns:
+    vocab = pd.to_numeric(table[args.vocab_col], errors="coerce").to_numpy(np.float64)
+    l0 = sensitivity.uniform_l0(vocab)
+    sizes = ", ".join(f"{v:g}" for v in np.unique(vocab))
+    source = f"ln V (uniform logits), V = {sizes} ({args.vocab_col})"
+  else:
+    return {"skipped_all": f"no L0: give --l0 (the loss at initialisation) or a vocabulary "
+                           f"column --vocab-col (no {args.vocab_col!r} column) for L0 = ln V"}
+  try:
+    return sensitivity.analyse(n, d, batch, lr, loss, l0, source)
+  except AnalysisError as e:
+    if "no (N, D, batch) group" in str(e):
+      return {"skipped_all": str(e)}
+    raise
 
 
 def run_command(args) -> dict:
@@ -606,7 +701,11 @@ def run_command(args) -> dict:
   # What the laws' N, D and batch are (a next sweep's `rule: fitted` reads them: the
   # registry's global_batch_size counts images per step, Step Law's B tokens)
   report["columns"] = {k: getattr(args, f"{k}_col") for k in ("n", "d", "lr", "batch", "loss")}
+  report["sensitivity"] = lr_sensitivity(table, values, args)
   if args.plot_dir:
     report["plots"] = plot(report, cells, coef, boot, args.plot_dir)
+    if "skipped_all" not in report["sensitivity"]:
+      from analysis import sensitivity
+      report["plots"].append(sensitivity.plot(report["sensitivity"], args.plot_dir))
   report["text"] = summary_text(report)
   return report
