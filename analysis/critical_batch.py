@@ -22,6 +22,19 @@ squares with each row divided by its S: steps span orders of magnitude across ba
 sizes, and unweighted residuals would let the smallest batches decide the fit alone.
 Across targets, log B_crit = log B* - (1 / alpha_B) log L by least squares (>= 3 targets).
 
+An lr x batch sweep (several runs per batch size, `best_of_batch`): per target and batch
+size, S is the fewest steps among that batch's runs, i.e. the lr tuned per target, as
+McCandlish et al. tune it per batch size; the point names the run. Default targets then
+come from each batch size's best run. `--group-col` (e.g. params) fits each model size
+apart: B_crit depends on N and the loss, so runs of different sizes do not share one S(B).
+
+The gradient noise scale B_simple = tr(Sigma) / |G|^2 that varjax logs in the train
+records (`gns_b_simple`, run.log_noise_scale) predicts B_crit (McCandlish et al.: B_crit is
+about B_noise, of which B_simple is the estimate that assumes a well-conditioned Hessian).
+When the curves carry it, each point gets B_simple interpolated (linear in steps between
+logged train records) at its crossing step, and the target the geometric mean over its
+points: `B_simple` beside `B_crit`, in the same unit.
+
 Units: B in the batch column's unit (images per step for a varjax registry; multiply by
 tokens per image for Kaplan's tokens), S in logged steps, E = S B.
 """
@@ -44,6 +57,10 @@ MIN_TARGETS_FOR_LAW = 3
 # batch's S is about S_min: 0.2 S: -0.5%, 0.4 S: -2.3%, 0.75 S: -10%); the target gets a
 # note.
 COARSE = 0.25
+# A B_crit over this factor beyond the batch sizes swept (above the largest, below the
+# smallest) is only a bound: S ~ 1 / B (or S ~ S_min) across the whole sweep; the target
+# gets a note.
+BEYOND = 4.0
 KAPLAN = {"B_star": 2e8, "alpha_B": 0.21}  # Kaplan et al. 2020, B in tokens, L in nats
 INTERPOLATION = ("linear in steps between the two logged eval points around the first "
                  "crossing of the target")
@@ -73,6 +90,20 @@ class Curve:
   batch: float
   steps: np.ndarray  # float64[k], increasing
   loss: np.ndarray  # float64[k]: eval loss at those steps
+  group: str = ""
+  # (steps, B_simple) of the train records that log the gradient noise scale; None without
+  noise: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def noise_at(curve: Curve, step: float) -> float | None:
+  """The curve's logged B_simple at `step`, linear in steps between the records around it
+  (None without records or outside them)."""
+  if curve.noise is None or not len(curve.noise[0]):
+    return None
+  steps, values = curve.noise
+  if not steps[0] <= step <= steps[-1]:
+    return None
+  return float(np.interp(step, steps, values))
 
 
 def bracket(curve: Curve, target: float) -> tuple[float, float] | None:
@@ -96,11 +127,17 @@ def first_reach(curve: Curve, target: float) -> float | None:
   return float(s0 + (l0 - target) / (l0 - l1) * (s1 - s0))
 
 
-def default_targets(curves: list[Curve], num: int = NUM_TARGETS) -> np.ndarray:
+def default_targets(curves: list[Curve], num: int = NUM_TARGETS,
+                    best_of_batch: bool = False) -> np.ndarray:
   """`num` losses evenly spaced from the highest loss every run gets down to (the worst
-  run's best) up to, not including, the lowest first logged loss: every run crosses each
-  one between two logged points."""
-  lower = max(float(c.loss.min()) for c in curves)
+  run's best; with `best_of_batch` the worst batch size's best run's) up to, not
+  including, the lowest first logged loss: every run (every batch size) crosses each one
+  between two logged points."""
+  if best_of_batch:
+    lower = max(min(float(c.loss.min()) for c in curves if c.batch == b)
+                for b in {c.batch for c in curves})
+  else:
+    lower = max(float(c.loss.min()) for c in curves)
   upper = min(float(c.loss[0]) for c in curves)
   if not lower < upper:
     raise AnalysisError(f"no loss is reached by every batch size after its first logged "
@@ -135,25 +172,48 @@ def fit_b_crit_law(loss: np.ndarray, b_crit: np.ndarray) -> dict:
           "targets": len(loss), "rms_log_residual": float(np.sqrt(np.mean(resid ** 2)))}
 
 
-def analyse(curves: list[Curve], targets=None) -> dict:
-  """The critical-batch report (module docstring) for runs of several batch sizes."""
+def _points(curves: list[Curve], target: float, best_of_batch: bool) -> tuple[list, list]:
+  """(points, left-out run names) of one target: each run's first crossing, or with
+  `best_of_batch` the fewest steps among each batch size's runs."""
+  points, left_out = [], []
+  for c in curves:
+    s = first_reach(c, target)
+    if s is None:
+      left_out.append(c.name)
+      continue
+    point = {"run": c.name, "batch": c.batch, "steps": s, "examples": s * c.batch,
+             "bracket": list(bracket(c, target))}
+    b_simple = noise_at(c, s)
+    if b_simple is not None:
+      point["B_simple"] = b_simple
+    points.append(point)
+  if best_of_batch:
+    fewest = {}
+    for p in points:
+      if p["batch"] not in fewest or p["steps"] < fewest[p["batch"]]["steps"]:
+        fewest[p["batch"]] = p
+    points = [fewest[b] for b in sorted(fewest)]
+    left_out = [f"batch {b:g}" for b in sorted({c.batch for c in curves}) if b not in fewest]
+  return points, left_out
+
+
+def analyse(curves: list[Curve], targets=None, best_of_batch: bool = False) -> dict:
+  """The critical-batch report (module docstring) for runs of several batch sizes; with
+  `best_of_batch`, per target the fewest steps among each batch size's runs."""
   if len({c.batch for c in curves}) < 2:
     raise AnalysisError(f"{len(curves)} run(s), all at batch {curves[0].batch:g}: a batch "
                         "sweep needs two or more batch sizes")
   chosen = "given" if targets is not None else "default"
-  targets = np.sort(np.asarray(targets if targets is not None else default_targets(curves),
+  targets = np.sort(np.asarray(targets if targets is not None
+                               else default_targets(curves, best_of_batch=best_of_batch),
                                np.float64))[::-1]
   rows = []
   for target in targets:
-    points, left_out = [], []
-    for c in curves:
-      s = first_reach(c, target)
-      if s is None:
-        left_out.append(c.name)
-      else:
-        points.append({"run": c.name, "batch": c.batch, "steps": s, "examples": s * c.batch,
-                       "bracket": list(bracket(c, target))})
+    points, left_out = _points(curves, target, best_of_batch)
     row = {"loss": float(target), "points": points, "left_out": left_out}
+    noise = [p["B_simple"] for p in points if p.get("B_simple", 0) > 0]
+    if noise:
+      row["B_simple"] = float(np.exp(np.mean(np.log(noise))))
     batches = np.array([p["batch"] for p in points])
     if len(np.unique(batches)) < 2:
       row["skipped"] = (f"loss {target:.4g}: {len(np.unique(batches))} batch size(s) reach it "
@@ -163,10 +223,21 @@ def analyse(curves: list[Curve], targets=None) -> dict:
         row.update(fit_hyperbola(batches, np.array([p["steps"] for p in points])))
         width = max((p["bracket"][1] - p["bracket"][0]) / p["steps"] for p in points)
         row["max_relative_bracket"] = width
+        notes = []
         if width > COARSE:
-          row["note"] = (f"loss {target:.4g}: logged eval points up to {width:.2g} x S apart "
-                         f"around a crossing (over {COARSE:g}): linear interpolation of a "
-                         "convex curve puts the fast runs' S late, so B_crit is low")
+          notes.append(f"loss {target:.4g}: logged eval points up to {width:.2g} x S apart "
+                       f"around a crossing (over {COARSE:g}): linear interpolation of a "
+                       "convex curve puts the fast runs' S late, so B_crit is low")
+        lo, hi = batches.min(), batches.max()
+        if row["B_crit"] > BEYOND * hi or row["B_crit"] < lo / BEYOND:
+          side = "above the largest" if row["B_crit"] > hi else "below the smallest"
+          row["beyond_swept"] = True
+          notes.append(f"loss {target:.4g}: B_crit {row['B_crit']:.3g} lies over {BEYOND:g}x "
+                       f"{side} batch swept ({lo:g}-{hi:g}): S ~ "
+                       f"{'1/B' if row['B_crit'] > hi else 'S_min'} across the sweep, so it "
+                       "is a bound, not a measurement")
+        if notes:
+          row["note"] = "; ".join(notes)
       except AnalysisError as e:
         row["skipped"] = f"loss {target:.4g}: {e}"
     rows.append(row)
@@ -182,6 +253,7 @@ def analyse(curves: list[Curve], targets=None) -> dict:
                       "first_loss": float(c.loss[0]), "final_loss": float(c.loss[-1]),
                       "min_loss": float(c.loss.min())} for c in curves],
           "targets_chosen": chosen, "interpolation": INTERPOLATION,
+          "best_of_batch": best_of_batch,
           "fit": "least squares of S on 1/B, rows divided by S (relative residuals)",
           "targets": rows, "b_crit_law": law, "kaplan": KAPLAN,
           "notes": [r.get("skipped", r.get("note")) for r in rows
@@ -217,21 +289,46 @@ def _check_batch(batch: float, where: str) -> float:
   return batch
 
 
-def curves_from_registry(path: str, batch_col: str, loss_col: str) -> list[Curve]:
+def _noise(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
+  """(steps, gns_b_simple) of the train records that have a finite one; None without."""
+  if "gns_b_simple" not in frame.columns:
+    return None
+  rows = frame[frame["split"] == "train"] if "split" in frame.columns else frame
+  steps = pd.to_numeric(rows["step"], errors="coerce").to_numpy(np.float64)
+  values = pd.to_numeric(rows["gns_b_simple"], errors="coerce").to_numpy(np.float64)
+  ok = np.isfinite(steps) & np.isfinite(values)
+  if not ok.any():
+    return None
+  order = np.argsort(steps[ok], kind="stable")
+  return steps[ok][order], values[ok][order]
+
+
+def _label(value) -> str:
+  number = pd.to_numeric(pd.Series([value]), errors="coerce")[0]
+  return f"{number:g}" if np.isfinite(number) else str(value)
+
+
+def curves_from_registry(path: str, batch_col: str, loss_col: str,
+                         group_col: str | None = None) -> list[Curve]:
   from analysis.extrapolate import read_metrics
   from analysis.runs import load_runs
   table = load_runs(path)
   if table.empty:
     raise AnalysisError(f"no finished runs (summary.json) under {path}")
-  if batch_col not in table.columns:
-    raise AnalysisError(f"--batch-col {batch_col!r} is not a column of the registry")
+  for flag, col in (("--batch-col", batch_col), ("--group-col", group_col)):
+    if col is not None and col not in table.columns:
+      raise AnalysisError(f"{flag} {col!r} is not a column of the registry")
   curves = []
   for _, row in table.iterrows():
     metrics = os.path.join(row["run_dir"], "metrics.jsonl")
     batch = _check_batch(pd.to_numeric(pd.Series([row[batch_col]]), errors="coerce")[0],
                          row["run_dir"])
-    curves.append(_curve(str(row["run"]), batch, read_metrics(metrics), "step", loss_col,
-                         metrics))
+    frame = read_metrics(metrics)
+    curve = _curve(str(row["run"]), batch, frame, "step", loss_col, metrics)
+    if curve is not None:
+      curve.noise = _noise(frame)
+      curve.group = _label(row[group_col]) if group_col else ""
+    curves.append(curve)
   return _usable(curves, path)
 
 
@@ -283,20 +380,27 @@ def _usable(curves: list, where: str) -> list[Curve]:
 # ---------------------------------------------------------------- text and plot
 
 def summary_text(report: dict) -> str:
+  best = ("; per batch size the fewest steps among its runs (lr tuned per target)"
+          if report.get("best_of_batch") else "")
+  noise = any("B_simple" in r for r in report["targets"])
   lines = [f"critical-batch: {len(report['curves'])} runs, batch sizes "
            f"{', '.join(f'{b:g}' for b in sorted({c['batch'] for c in report['curves']}))}; "
-           f"S = first step at the target ({report['interpolation']})",
+           f"S = first step at the target ({report['interpolation']}){best}",
            f"  {'target':>8} {'runs':>4} {'S_min':>10} {'E_min':>10} {'B_crit':>10} "
-           f"{'rms rel resid':>13}"]
+           f"{'rms rel resid':>13}" + (f" {'B_simple':>10}" if noise else "")]
   for r in report["targets"]:
+    b_simple = f" {r['B_simple']:>10.4g}" if "B_simple" in r else (" " * 11 if noise else "")
     if "B_crit" in r:
       lines.append(f"  {r['loss']:>8.4f} {len(r['points']):>4} {r['S_min']:>10.4g} "
                    f"{r['E_min']:>10.4g} {r['B_crit']:>10.4g} "
-                   f"{r['rms_relative_residual']:>13.2%}")
+                   f"{r['rms_relative_residual']:>13.2%}{b_simple}")
     else:
       lines.append(f"  {r['loss']:>8.4f} {len(r['points']):>4} skipped: {r['skipped']}")
     if r["left_out"]:
       lines.append(f"           left out (not bracketed): {', '.join(r['left_out'])}")
+  if noise:
+    lines.append("  B_simple: the logged gradient noise scale (gns_b_simple) at each point's "
+                 "crossing step, geometric mean over the points")
   lines += [f"note: {r['note']}" for r in report["targets"] if "note" in r]
   law = report["b_crit_law"]
   if "skipped" in law:
@@ -309,7 +413,7 @@ def summary_text(report: dict) -> str:
   return "\n".join(lines)
 
 
-def plot(report: dict, out_dir: str) -> list[str]:
+def plot(report: dict, out_dir: str, suffix: str = "") -> list[str]:
   """critical_batch.png: S against E per target with the fitted hyperbola, and B_crit
   against the target loss with B* / L^(1/alpha_B)."""
   import matplotlib
@@ -343,7 +447,9 @@ def plot(report: dict, out_dir: str) -> list[str]:
   right.set_yscale("log")
   right.set_xlabel("target loss L")
   right.set_ylabel("B_crit")
-  return [_save(fig, os.path.join(out_dir, "critical_batch.png"))]
+  if suffix:
+    fig.suptitle(suffix.lstrip("-"), fontsize=10)
+  return [_save(fig, os.path.join(out_dir, f"critical_batch{suffix}.png"))]
 
 
 # ---------------------------------------------------------------- command line
@@ -373,18 +479,58 @@ def add_parser(sub) -> None:
   p.add_argument("--targets", type=_targets, default=None, metavar="L,L,...",
                  help=f"target losses (default {NUM_TARGETS} evenly spaced over the losses "
                       "every run reaches)")
+  p.add_argument("--group-col", default=None, metavar="COL",
+                 help="--runs: one fit per value of this registry column (params: per model "
+                      "size)")
+  p.add_argument("--best-of-batch", action="store_true",
+                 help="runs sharing a batch size (an lr sweep): per target the fewest steps "
+                      "among them, the lr tuned per target")
   p.add_argument("--plot-dir", default=None)
   p.add_argument("--json", action="store_true", help="print JSON")
   p.set_defaults(func=run_command, d_col=None, c_col=None)
 
 
+def analyse_groups(curves: list[Curve], group_col: str, targets=None,
+                   best_of_batch: bool = False) -> dict:
+  """One report per group of curves ({"groups": [...]}); a group that cannot be fitted is
+  kept with `skipped` (its one-line reason); all of them skipped is an AnalysisError."""
+  def key(label):
+    number = pd.to_numeric(pd.Series([label]), errors="coerce")[0]
+    return (0, float(number), "") if np.isfinite(number) else (1, 0.0, label)
+  groups = []
+  for label in sorted({c.group for c in curves}, key=key):
+    members = [c for c in curves if c.group == label]
+    try:
+      groups.append({"group_col": group_col, "group": label,
+                     **analyse(members, targets, best_of_batch)})
+    except AnalysisError as e:
+      groups.append({"group_col": group_col, "group": label, "runs": len(members),
+                     "skipped": str(e)})
+  if all("skipped" in g for g in groups):
+    raise AnalysisError("no group could be fitted: " + "; ".join(
+        f"{group_col}={g['group']}: {g['skipped']}" for g in groups))
+  return {"group_col": group_col, "groups": groups}
+
+
 def run_command(args) -> dict:
+  if args.group_col and not args.runs:
+    raise AnalysisError("--group-col reads a registry column: give --runs DIR")
   if args.runs:
     curves = curves_from_registry(args.runs, args.batch_col or "global_batch_size",
-                                  args.loss_col)
+                                  args.loss_col, args.group_col)
   else:
     curves = curves_from_csv(args.csv, args.batch_col or "batch", args.step_col, args.loss_col)
-  report = analyse(curves, args.targets)
+  if args.group_col:
+    report = analyse_groups(curves, args.group_col, args.targets, args.best_of_batch)
+    texts = []
+    for g in report["groups"]:
+      if args.plot_dir and "skipped" not in g:
+        g["plots"] = plot(g, args.plot_dir, suffix=f"-{args.group_col}{g['group']}")
+      body = (f"skipped: {g['skipped']}" if "skipped" in g else summary_text(g))
+      texts.append(f"[{args.group_col} = {g['group']}] {body}")
+    report["text"] = "\n".join(texts)
+    return report
+  report = analyse(curves, args.targets, args.best_of_batch)
   if args.plot_dir:
     report["plots"] = plot(report, args.plot_dir)
   report["text"] = summary_text(report)
