@@ -254,6 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the question the report answers (default: made from --at, --flops "
                         "and --fid-col)")
   _heldout_arg(rep)
+  rep.add_argument("--repeated", default=None, metavar="DIR",
+                   help="a registry of runs on fixed subsets of the data (data.unique_images): "
+                        "each is set against the fresh-data forecast, and the data-constrained "
+                        "law is fitted to them and the --runs together (analysis/repeated.py)")
+  rep.add_argument("--curve-backtest", default=None, metavar="FILE",
+                   help="a learning-curve backtest (`extrapolate --backtest DIR --json > "
+                        "FILE`): its MAPE table and what it says, in the report")
+  rep.add_argument("--sampling-table", default=None, metavar="FILE",
+                   help="a sampling table (`varjax eval sampling --out FILE`): the sampling "
+                        "frontier, quality against sampling FLOPs (analysis/frontier.py)")
   _hardware_args(rep)
   _unique_tokens_arg(rep)
   rep.set_defaults(func=cmd_report, no_backtest=False)

@@ -252,3 +252,36 @@ def per_scale_plot(table, fits: list[dict], n, c, path: str) -> str:
   fig.suptitle("VAR's per-scale laws: y = (beta X)^alpha (faint: all runs; solid: fitted)",
                fontsize=10)
   return _save(fig, path)
+
+
+def repeated_plot(rows: list[dict], dc: Fit, path: str) -> str:
+  """Repeated data (analysis/repeated.py): each repeated run's loss above the fresh-data
+  forecast at its N and D (error bar: that forecast's 95% interval) against its epochs D/U,
+  one colour per N; lines: the same excess under the fitted data-constrained law, L(N, D, U)
+  - L(N, D, D), at each run's N and D as U shrinks."""
+  fig, ax = plt.subplots(figsize=(6.4, 4.4))
+  sizes = sorted({r["N"] for r in rows})
+  for k, size in enumerate(sizes):
+    mine = [r for r in rows if r["N"] == size]
+    color = f"C{k}"
+    epochs = np.array([r["epochs"] for r in mine])
+    excess = np.array([r["excess"] for r in mine])
+    iv = np.array([r["fresh_interval_95"] for r in mine])
+    pred = np.array([r["fresh_forecast"] for r in mine])
+    yerr = (np.abs(np.stack([pred - iv[:, 1], pred - iv[:, 0]]))
+            if np.isfinite(iv).all() else None)
+    ax.errorbar(epochs, excess, yerr=yerr, fmt="o", color=color, capsize=3,
+                label=f"N = {_compact(size)} (measured)")
+    d = mine[0]["D"]
+    grid = np.geomspace(1.0, max(2.0, 1.5 * epochs.max()), 80)
+    n_g, d_g = np.full_like(grid, size), np.full_like(grid, d)
+    curve = (dc.predict({"N": n_g, "D": d_g, "U": d_g / grid})
+             - dc.predict({"N": n_g, "D": d_g, "U": d_g}))
+    ax.plot(grid, curve, "-", color=color, lw=1,
+            label=f"N = {_compact(size)} (data-constrained fit)")
+  ax.axhline(0.0, color="k", lw=0.8, ls="--")
+  ax.set(xscale="log", xlabel="epochs D / U", ylabel="loss - fresh-data forecast (nats)",
+         title="What repeating data cost (error bars: the fresh-data forecast's 95% interval)")
+  ax.title.set_fontsize(9)
+  ax.legend(fontsize=7)
+  return _save(fig, path)

@@ -1,8 +1,10 @@
 """`python -m analysis report`: the fit, its validity checks, forecasts (--at), the plan
 (--flops), held-out runs forecast and compared with their measurements (--heldout DIR),
-VAR's per-scale laws (analysis/per_scale.py) and every plot, written to --out as
-report.json (for machines) and report.md (for people, rendered by report_md from the same
-dict)."""
+what repeating data cost runs on fixed subsets (--repeated DIR, analysis/repeated.py), the
+learning-curve backtest (--curve-backtest FILE), the sampling frontier (--sampling-table
+FILE, analysis/frontier.py), VAR's per-scale laws (analysis/per_scale.py) and every plot,
+written to --out as report.json (for machines) and report.md (for people, rendered by
+report_md from the same dict)."""
 
 from __future__ import annotations
 
@@ -11,8 +13,13 @@ import os
 
 import numpy as np
 
-from analysis import heldout, laws, per_scale, pipeline, plots, report_md, validity
+from analysis import (extrapolate, heldout, laws, per_scale, pipeline, plots, repeated,
+                      report_md, sampling, validity)
 from analysis.validate import AnalysisError
+
+# Bootstrap refits of the data-constrained law in --repeated (7 parameters: each refit is a
+# multi-start fit, so fewer than the main law's --bootstrap).
+REPEATED_REPLICATES = 50
 
 
 def runs_table(data: pipeline.Data, fid_col: str | None) -> list[dict]:
@@ -70,6 +77,14 @@ def per_scale_block(data: pipeline.Data, out: str) -> dict:
 def build(args) -> dict:
   data = pipeline.load_data(args)
   held = heldout.load(args.heldout, args) if args.heldout else None  # before any fit
+  repeated_runs = (repeated.load(args.repeated, args)
+                   if getattr(args, "repeated", None) else None)
+  # Inputs read before any fit, so a bad file costs no time.
+  curves = (extrapolate.read_backtest(args.curve_backtest)
+            if getattr(args, "curve_backtest", None) else None)
+  table = getattr(args, "sampling_table", None)
+  if table:
+    sampling.read_table(table)
   replicates = args.bootstrap or 200
   fitted = pipeline.fit_report(args.law, data, args, replicates=replicates, backtest=True)
   fit, boot = fitted.fit, fitted.boot
@@ -122,6 +137,14 @@ def build(args) -> dict:
     report["plots"].append(plots.fid_plot(data.flops, values, args.fid_col,
                                           os.path.join(args.out, "fid_vs_compute.png")))
   report["runs"] = runs_table(data, args.fid_col)
+  if repeated_runs is not None:
+    report["repeated"] = repeated.block(args, data, fit, boot, repeated_runs,
+                                        REPEATED_REPLICATES, args.out)
+  if curves is not None:
+    report["curve_backtest"] = curves
+  if table:
+    from analysis import frontier
+    report["sampling_frontier"] = frontier.block(table, args.out)
   report["per_scale"] = per_scale_block(data, args.out)
   return write(report, args.out)
 

@@ -2,7 +2,9 @@
 
 Sections: Question; Runs; Fitted law; Validity checklist; Forecasts; Held-out runs (only
 with --heldout); Compute-optimal plan; Per-scale laws (VAR's form; when report.json has
-`per_scale`, as `report` always writes it); Figures; What the numbers say. Every number comes
+`per_scale`, as `report` always writes it); Repeated data (only with --repeated);
+Learning-curve extrapolation (only with --curve-backtest); Sampling frontier (only with
+--sampling-table); Figures; What the numbers say. Every number comes
 from the dict (3 significant figures), and every sentence is made from those numbers, so
 the text cannot drift from report.json.
 """
@@ -20,7 +22,15 @@ SECTIONS = ("Question", "Runs", "Fitted law", "Validity checklist", "Forecasts",
             "Compute-optimal plan", "Figures", "What the numbers say")
 # Sections shown only when report.json has their key, each after the section named.
 PER_SCALE = "Per-scale laws (VAR's form)"
+REPEATED = "Repeated data (epochs)"
+CURVES = "Learning-curve extrapolation (backtest)"
+FRONTIER = "Sampling frontier"
+# Each is inserted right after the section named, so among those after one section the
+# last listed comes first.
 OPTIONAL = {"Held-out runs": ("heldout", "Forecasts"),
+            FRONTIER: ("sampling_frontier", "Compute-optimal plan"),
+            CURVES: ("curve_backtest", "Compute-optimal plan"),
+            REPEATED: ("repeated", "Compute-optimal plan"),
             PER_SCALE: ("per_scale", "Compute-optimal plan")}
 STATUS = {"pass": "✅ pass", "warn": "⚠️ warn", "skip": "➖ skip"}
 
@@ -289,6 +299,56 @@ def per_scale_section(report: dict) -> list[str]:
   return lines
 
 
+def repeated_section(report: dict) -> list[str]:
+  """Runs on fixed data subsets (analysis/repeated.py): each against the fresh-data forecast,
+  the data-constrained law fitted to all runs, the verdict and the figure."""
+  block = report["repeated"]
+  iv = block.get("intervals_95", {})
+  p = block["params"]
+  lines = [f"{block['num_repeated']} runs on fixed subsets of the data ({block['source']}), "
+           "each set against the main law's forecast at its N and D, which assumes every "
+           "token is fresh: the excess is what repetition cost, and the forecast's 95% "
+           "interval is the yardstick.", ""]
+  lines += _table(["run", "N", "D", "U", "epochs", "loss", "fresh-data forecast [95%]",
+                   "excess", "data-constrained fit", "effective epochs"],
+                  [[r["run"], num(r["N"]), num(r["D"]), num(r["U"]), num(r["epochs"]),
+                    num(r["loss"]), with_interval(r["fresh_forecast"], r["fresh_interval_95"]),
+                    f"{r['excess']:+.3g}", num(r["data_constrained"]),
+                    num(r["effective_epochs"])] for r in block["runs"]])
+  lines += ["", f"`{block['formula']}` (Muennighoff et al. 2023), fitted to the "
+            f"{block['num_fresh']} fresh-data runs and these {block['num_repeated']} together "
+            f"({block['num_points']} points):", ""]
+  lines += _table(["parameter", "value", "95% interval"],
+                  [[k, num(v), interval(iv[k]) if k in iv else "–"] for k, v in p.items()])
+  worth = with_interval(block["four_epochs_worth"], block.get("four_epochs_worth_interval_95"))
+  lines += ["", f"Four epochs are worth {worth} unique ones under this fit "
+            f"(published: {num(block['published_four_epochs_worth'])}, with R_D* = "
+            f"{num(block['published_rd_star'])}).", "", f"**Verdict:** {block['verdict']}"]
+  if block.get("notes"):
+    lines += [""] + [f"- {note}" for note in block["notes"]]
+  if block.get("plot"):
+    lines += ["", f"![repeated data]({os.path.basename(block['plot'])})"]
+  return lines
+
+
+def curves_section(report: dict) -> list[str]:
+  """The learning-curve backtest (analysis/extrapolate.py): each run's final loss forecast
+  from the first part of its curve, MAPE per method, and what that says."""
+  block = report["curve_backtest"]
+  methods = block["methods"]
+  lines = [f"Every run of {block['registry']} ({block['num_runs']} runs) forecast from the "
+           "first part of its curve (`python -m analysis extrapolate --backtest`), against its "
+           "measured final loss: mean absolute percentage error per method, over the runs "
+           "every method could forecast (a run needs points before the cut).", ""]
+  lines += _table(["fraction", "split", "runs", *methods],
+                  [[f"{r['fraction']:.0%}", r["split"], str(r["num_runs"]),
+                    *("–" if r.get(m) is None else f"{100 * r[m]:.2f}%" for m in methods)]
+                   for r in block["mape"]])
+  if block["findings"]:
+    lines += [""] + [f"- {f[0].upper()}{f[1:]}." for f in block["findings"]]
+  return lines
+
+
 def figures_section(report: dict) -> list[str]:
   plots = report.get("plots", [])
   if not plots:
@@ -340,6 +400,8 @@ def findings(report: dict) -> list[str]:
   if report.get("heldout", {}).get("runs"):
     out += heldout_sentences(report["heldout"])[:1]
   out += per_scale_findings(report.get("per_scale", {}))
+  if "repeated" in report:
+    out.append(f"Repeated data: {report['repeated']['verdict']}")
   p = report.get("plan")
   if p:
     out.append(f"Spending {num(p['flops'])} FLOPs compute-optimally means N_opt = "
@@ -372,6 +434,13 @@ def sections(report: dict) -> list[str]:
   return out
 
 
+def _frontier_section(report: dict) -> list[str]:
+  if "sampling_frontier" not in report:
+    return []
+  from analysis import frontier
+  return frontier.section(report["sampling_frontier"])
+
+
 def render(report: dict, title: str = "Scaling-law report") -> str:
   """report.md from report.json's dict: every section of `sections(report)`, in order."""
   body = {
@@ -383,6 +452,9 @@ def render(report: dict, title: str = "Scaling-law report") -> str:
       "Held-out runs": heldout_section(report) if "heldout" in report else [],
       "Compute-optimal plan": plan_section(report),
       PER_SCALE: per_scale_section(report) if "per_scale" in report else [],
+      REPEATED: repeated_section(report) if "repeated" in report else [],
+      CURVES: curves_section(report) if "curve_backtest" in report else [],
+      FRONTIER: _frontier_section(report),
       "Figures": figures_section(report),
       "What the numbers say": [" ".join(findings(report))],
   }
@@ -429,6 +501,12 @@ def summary(report: dict, md_path: str) -> str:
       lines.append(f"per-scale law {f['metric']} vs {f['x']}: ({num(f['beta'])} {f['x']})^"
                    f"{num(f['alpha'])}, alpha {interval(f['alpha_interval_95'])}, "
                    f"r = {num(f['r'])}")
+  if "repeated" in report:
+    lines.append(f"repeated data: {report['repeated']['verdict']}")
+  lines += [f"curve backtest: {f}" for f in report.get("curve_backtest", {}).get("findings", [])]
+  if "sampling_frontier" in report:
+    from analysis import frontier
+    lines += frontier.summary_lines(report["sampling_frontier"])
   lines += [f"warning: {note}" for note in report.get("warnings", [])]
   lines.append(f"report: {md_path}")
   return "\n".join(lines)

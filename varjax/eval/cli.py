@@ -122,6 +122,17 @@ def _dataset_resolution(args) -> int:
   return int(shape[0])
 
 
+def _widths(text: str) -> tuple[int, ...]:
+  try:
+    widths = tuple(int(w) for w in text.split(","))
+  except ValueError:
+    widths = ()
+  if not widths or min(widths) < 1:
+    raise argparse.ArgumentTypeError(f"expected positive channel counts like 16,32,64, got "
+                                     f"{text!r}")
+  return widths
+
+
 def _cmd_features_train(args) -> None:
   from varjax.data import sources
   from varjax.eval import features, reference
@@ -133,7 +144,8 @@ def _cmd_features_train(args) -> None:
   val = reference.load_split_images(args.dataset, args.eval_split, resolution, args.data_dir)
   spec = features.train_cnn(*train, *val, args.out, name=name, dataset=args.dataset,
                             num_classes=label.num_classes, epochs=args.epochs,
-                            batch_size=args.batch_size, seed=args.seed)
+                            batch_size=args.batch_size, seed=args.seed,
+                            **({"widths": args.widths} if args.widths else {}))
   print(f"{name}: {spec['feature_dim']}-d features, {label.num_classes} classes, accuracy "
         f"{spec['train_accuracy']:.1%} train / {spec['val_accuracy']:.1%} "
         f"{args.eval_split} ({spec['train_seconds']} s) -> {args.out}")
@@ -250,6 +262,10 @@ def add_parser(commands) -> None:
   train.add_argument("--epochs", type=int, default=5)
   train.add_argument("--batch-size", type=int, default=128)
   train.add_argument("--seed", type=int, default=0)
+  train.add_argument("--widths", type=_widths, default=None, metavar="C,C,...",
+                     help="channels of the CNN's stages (default 32,64,128; the feature "
+                          "dimension is the last); another architecture makes a verifier "
+                          "that is not the fd network")
   train.set_defaults(func=_cmd_features_train)
 
   conv = evaluate.add_parser(
