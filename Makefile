@@ -74,8 +74,10 @@ test-slow: install $(LIBTPU_STAMP)
 
 # Main job on the embedded default: dataset -> tokenizer -> token pyramids (validation, and
 # a prefix of the stream of distinct crops for training) -> the demo sweep (sweeps/demo.yaml:
-# an IsoFLOP design bracketing the compute-optimal D/N at 3 budgets, into runs/demo) ->
-# sample quality of the largest budget's runs -> the report (reports/demo/report.md).
+# an IsoFLOP design bracketing the compute-optimal D/N at 3 budgets, into runs/demo) -> the
+# repeated-data runs (sweeps/demo-repeat.yaml: 2 sizes x 2 data subsets, runs/demo-repeat)
+# -> sample quality of the largest budget's runs, the sampling frontier and the learning-curve
+# backtest (two at a time: make -j2) -> the report (reports/demo/report.md).
 # Every stage is cached: a second run only checks and prints.
 DEMO_TOKENIZER := runs/tokenizers/tokenizer-tiny32
 DEMO_TOKENS := $(DATA_DIR)/tokens/embedded32-tiny32
@@ -103,7 +105,9 @@ demo: install
 	$(VENV)/bin/varjax tokenize --tokenizer $(DEMO_TOKENIZER) --split stream \
 	  --num-examples $(DEMO_STREAM_EXAMPLES) --out $(DEMO_TOKENS)/stream && \
 	$(PY) -m sweeps run sweeps/demo.yaml --backend $(DEMO_BACKEND) && \
-	$(MAKE) --no-print-directory reports/demo/report.md && cat reports/demo/summary.txt && \
+	$(PY) -m sweeps run sweeps/demo-repeat.yaml --backend $(DEMO_BACKEND) && \
+	$(MAKE) --no-print-directory -j2 --output-sync=target reports/demo/report.md && \
+	cat reports/demo/summary.txt && \
 	echo "demo: runs in runs/demo; report, plots and forecasts in reports/demo/report.md" && \
 	echo "demo: done in $$(( $$(date +%s) - start )) s"
 
@@ -114,12 +118,44 @@ $(DEMO_FEATURES)/params.msgpack:
 
 # The fit, backtest, validity checklist and plots; forecasts (loss and fd_embed32cnn, 95%
 # intervals) at the N and D of the study's held-out runs (sweeps/study-heldout.yaml, measured
-# in docs/study.md) and the plan for 8e11 FLOPs, 4x the largest budget; redone when a run
-# finished (registry.jsonl) or was measured.
+# in docs/study.md) and the plan for 8e11 FLOPs, 4x the largest budget; what repeating data
+# cost (the data-constrained law on runs/demo + runs/demo-repeat); the learning-curve
+# backtest; the sampling frontier. Redone when a run finished (registry.jsonl) or was measured.
 DEMO_FORECAST := --at N=5.68e4,D=2.98e6 --at N=1.14e5,D=1.55e6 --at N=2.87e5,D=6.48e5 --flops 8e11
-reports/demo/report.md: runs/demo/registry.jsonl $(DEMO_FD_RUNS)
+DEMO_SAMPLING := reports/demo/sampling.csv
+DEMO_CURVES := reports/demo/curve_backtest.json
+reports/demo/report.md: runs/demo/registry.jsonl runs/demo-repeat/registry.jsonl $(DEMO_FD_RUNS) \
+  $(DEMO_SAMPLING) $(DEMO_CURVES)
 	$(PY) -m analysis report --runs runs/demo --out reports/demo $(ANALYZE_ARGS) \
-	  --fid-col fd_embed32cnn $(DEMO_FORECAST) > reports/demo/summary.txt
+	  --fid-col fd_embed32cnn $(DEMO_FORECAST) --repeated runs/demo-repeat \
+	  --curve-backtest $(DEMO_CURVES) --sampling-table $(DEMO_SAMPLING) > reports/demo/summary.txt
+
+# Learning-curve backtest: every demo run's final loss forecast from its first 30% (the
+# fraction an early stop would use; docs/analysis.md), MAPE per method.
+$(DEMO_CURVES): runs/demo/registry.jsonl
+	@mkdir -p $(dir $@)
+	$(PY) -m analysis extrapolate --backtest runs/demo --fractions 0.3 --json > $@.tmp && mv $@.tmp $@
+
+# The sampling frontier (issue 19): the largest model (d2w48) as drafter with the smallest
+# (d2w8) as refiner at every switch scale (0 = d2w8 alone; the drafter alone is its plain
+# row), and the drafter's best-of-K for K = 2, 4, 8, each on the fd protocol of eval fid
+# (1,024 images). The verifier is not the fd network: a CNN of another architecture (16-32-64
+# channels), seed and length, trained on the same images (docs/eval.md says what that
+# leaves).
+DEMO_VERIFIER := runs/features/verify32cnn
+DEMO_DRAFTER := runs/demo/d2w48-C2e11-s0
+DEMO_REFINER := runs/demo/d2w8-C2e11-s0
+$(DEMO_SAMPLING): $(DEMO_DRAFTER)/params.msgpack $(DEMO_REFINER)/params.msgpack \
+  $(DEMO_FEATURES)/params.msgpack $(DEMO_VERIFIER)/params.msgpack
+	@mkdir -p $(dir $@)
+	$(VENV)/bin/varjax eval sampling --runs $(DEMO_DRAFTER) \
+	  $(foreach k,0 1 2 3,--refiner $(DEMO_REFINER) --switch-scale $(k)) \
+	  --best-of 2 --best-of 4 --best-of 8 --verifier $(DEMO_VERIFIER) \
+	  --feature-net $(DEMO_FEATURES) --out $@
+
+$(DEMO_VERIFIER)/params.msgpack:
+	$(VENV)/bin/varjax eval features train --out $(DEMO_VERIFIER) --name verify32cnn \
+	  --widths 16,32,64 --seed 1 --epochs 3
 
 runs/demo/%/eval_samples.png: runs/demo/%/params.msgpack $(DEMO_FEATURES)/params.msgpack
 	$(VENV)/bin/varjax eval fid --run $(dir $@) --feature-net $(DEMO_FEATURES)
