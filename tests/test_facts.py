@@ -101,3 +101,36 @@ def test_the_demo_measures_fd_on_its_largest_budget():
   fd_runs = _make_variable("DEMO_FD_RUNS")
   widths = fd_runs.split("foreach w,")[1].split(",")[0].split()
   assert {f"d2w{w}-C{spec_lib.short_number(largest)}-s0" for w in widths} == names
+
+
+def test_the_demo_frontier_pairs_its_largest_and_smallest_models():
+  """The sampling frontier of make demo: the largest budget's largest model drafts, its
+  smallest refines (issue 19), both of the runs whose fd the demo measures."""
+  import os
+  sweep = spec_lib.load(os.path.join(os.path.dirname(__file__), "..", "sweeps", "demo.yaml"))
+  largest = max(r.info["budget"] for r in sweep.runs)
+  runs = sorted((r for r in sweep.runs if r.info["budget"] == largest),
+                key=lambda r: r.info["params"])
+  assert _make_variable("DEMO_DRAFTER") == f"runs/demo/{runs[-1].name}"
+  assert _make_variable("DEMO_REFINER") == f"runs/demo/{runs[0].name}"
+
+
+def test_the_repeated_runs_are_twins_of_demo_runs():
+  """sweeps/demo-repeat.yaml: each run has a demo run of the same model, steps, batch, lr and
+  schedule; only data.unique_images differs, and it repeats data (U < D)."""
+  import dataclasses
+  import os
+  here = os.path.join(os.path.dirname(__file__), "..", "sweeps")
+  demo = {r.name: r for r in spec_lib.load(os.path.join(here, "demo.yaml")).runs}
+  repeat = spec_lib.load(os.path.join(here, "demo-repeat.yaml")).runs
+  assert len(repeat) == 4 and len({r.info["unique_images"] for r in repeat}) == 2
+  for r in repeat:
+    twin = demo[r.name.rsplit("-U", 1)[0]]
+    def same(c):  # everything but the names, where it lives, a branch's trunk and U
+      d = dataclasses.asdict(c)
+      for key in ("name", "out_dir", "warm_start"):
+        d["run"].pop(key)
+      d["data"].pop("unique_images")
+      return d
+    assert same(r.config) == same(twin.config)
+    assert r.config.data.unique_images * r.config.model.num_tokens < r.info["tokens"]
