@@ -23,6 +23,7 @@ STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 help:
 	@echo "make demo       main job on the embedded default dataset"
+	@echo "make demo-hparams  lr x batch sweep at 3 sizes: lr_opt(N), sensitivity, B_crit (~6 min)"
 	@echo "make test       fast test suite (slow tests: make test-slow)"
 	@echo "make study      the reference study with held-out forecasts (docs/study.md, ~40 min)"
 	@echo "make install    create $(VENV) and install varjax + analysis (idempotent)"
@@ -195,6 +196,39 @@ runs/study-heldout/%/eval_samples.png: runs/study-heldout/%/params.msgpack $(DEM
 # The demo tokenizer (about 5 min on 2 cores); retrained only when its params are missing.
 $(DEMO_TOKENIZER)/params.msgpack:
 	$(VENV)/bin/varjax tokenizer train --preset vqvae-tiny32 --out-dir $(dir $(DEMO_TOKENIZER))
+
+# The hparams demo (issue 17; sweeps/demo-hparams.yaml says why each number): 3 sizes x 5
+# lrs x 3 batch sizes at one token budget, with the gradient noise scale logged, as lanes
+# (the 5 lrs of a size and batch are one program) in two processes, one core each: one on
+# the largest size's runs, the other on the two smaller sizes' (about equal work; disjoint
+# lists, as a lanes process that meets a run the other finished records it failed).
+# Then lr_opt(N) and batch_opt(N) (the N-only form at one D) with the leave-largest-out
+# backtest, the lr sensitivity per size, the critical batch per size and the report
+# (reports/demo-hparams/report.md). Builds the demo's dataset, tokenizer, validation and
+# stream tokens when missing (each cached). Prints its wall time.
+.PHONY: demo-hparams
+DEMO_HPARAMS_RUNS := runs/demo-hparams
+# The spec's run names for widths $(1) (sweeps/demo-hparams.yaml: its lrs and batch sizes).
+demo_hparams_runs = $(foreach w,$(1),$(foreach b,8 16 32,$(foreach lr,0.002 0.004 0.008 0.016 0.032,d2w$(w)-D5e5-s0-lr$(lr)-b$(b))))
+demo-hparams: install
+	@start=$$(date +%s); \
+	$(VENV)/bin/varjax data build --dataset embedded32 && \
+	$(MAKE) --no-print-directory $(DEMO_TOKENIZER)/params.msgpack && \
+	$(VENV)/bin/varjax tokenize --tokenizer $(DEMO_TOKENIZER) --split validation --out $(DEMO_TOKENS)/validation && \
+	$(VENV)/bin/varjax tokenize --tokenizer $(DEMO_TOKENIZER) --split stream \
+	  --num-examples $(DEMO_STREAM_EXAMPLES) --out $(DEMO_TOKENS)/stream && \
+	mkdir -p $(DEMO_HPARAMS_RUNS) reports/demo-hparams && \
+	{ $(PY) -m sweeps run sweeps/demo-hparams.yaml --backend lanes --runs "$(call demo_hparams_runs,48)" \
+	    > reports/demo-hparams/sweep-largest.log 2>&1 & largest=$$!; \
+	  $(PY) -m sweeps run sweeps/demo-hparams.yaml --backend lanes --runs "$(call demo_hparams_runs,8 24)"; \
+	  rest=$$?; \
+	  wait $$largest || { cat reports/demo-hparams/sweep-largest.log; false; }; \
+	  test $$rest = 0; } && \
+	$(PY) -m sweeps run sweeps/demo-hparams.yaml --backend lanes > /dev/null && \
+	echo "demo-hparams: sweep done at $$(( $$(date +%s) - start )) s" && \
+	$(PY) -m analysis.hparams_report --runs $(DEMO_HPARAMS_RUNS) --out reports/demo-hparams && \
+	echo "demo-hparams: runs in $(DEMO_HPARAMS_RUNS); report in reports/demo-hparams/report.md" && \
+	echo "demo-hparams: done in $$(( $$(date +%s) - start )) s"
 
 # Each benchmark prints its own side-by-side ratios.
 bench: install
