@@ -58,10 +58,19 @@ class Fit:
     """What a run's sweep.json says about the fit it used for `what` (lr or batch)."""
     block = self.law[what]
     names = ("a", "b", "c") if what == "lr" else ("d", "f", "e") if "f" in block else ("d", "e")
-    return {"rule": "fitted", "from": self.path, "sha256": self.sha256,
-            "law": block.get("form", ""), "coefficients": {k: block[k] for k in names},
-            "columns": self.columns,  # {}: a file without them (the defaults)
-            "N": n, "D": d, "value": value}
+    out = {"rule": "fitted", "from": self.path, "sha256": self.sha256,
+           "law": block.get("form", ""), "coefficients": {k: block[k] for k in names},
+           "columns": self.columns,  # {}: a file without them (the defaults)
+           "N": n, "D": d, "value": value}
+    if self.d_fixed:  # an N-only fit: it holds at its one D (D^0 elsewhere is a guess)
+      out.update(D_fixed=self.d_fixed, D_ratio=d / self.d_fixed)
+    return out
+
+  @property
+  def d_fixed(self) -> float | None:
+    """The one D of an N-only fit (analysis hparams at a single token budget), else None."""
+    v = self.law.get("D_fixed")
+    return float(v) if self.law.get("varies") == "N" and _number(self.law, "D_fixed") else None
 
 
 def _number(block: dict, key: str) -> bool:

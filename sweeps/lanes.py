@@ -40,9 +40,16 @@ def _train_group(group: list[Run], progress, log) -> list[dict[str, Any]]:
     for run in group:
       try:
         stack.enter_context(registry.run_lock(run.directory))
-        held.append(run)
       except registry.Busy:
         outcomes.append({"run": run.name, "status": "busy", "seconds": 0.0})
+        continue
+      # Statuses were read when the sweep started: another process may have finished (or
+      # stopped) this run since, and its lock is only ours now. As launch.run_one does.
+      now = registry.status(run.directory)
+      if now in ("finished", "stopped_early"):
+        outcomes.append({"run": run.name, "status": now, "seconds": 0.0})
+        continue
+      held.append(run)
     if not held:
       return outcomes
     if len(held) == 1:

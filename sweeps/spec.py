@@ -332,8 +332,21 @@ class Sweep:
 
   @property
   def warnings(self) -> list[str]:
-    """Budgets the family cannot bracket (one sentence each)."""
-    return [w for plan in self.plans for w in plan.warnings]
+    """Budgets the family cannot bracket, and fitted rules used away from the one D of an
+    N-only fit (one sentence each)."""
+    out = [w for plan in self.plans for w in plan.warnings]
+    for key, section in (("lr_fit", "lr"), ("batch_fit", "batch")):
+      off = [r for r in self.runs if r.info.get(key, {}).get("D_ratio") is not None
+             and abs(math.log(r.info[key]["D_ratio"])) > math.log(1.02)]
+      if off:
+        fit = off[0].info[key]
+        ratios = [r.info[key]["D_ratio"] for r in off]
+        out.append(f"{section}.from {fit['from']} is an N-only fit at D = "
+                   f"{fit['D_fixed']:.3g} tokens; {len(off)} run(s) train at "
+                   f"{min(ratios):.3g}-{max(ratios):.3g}x that D, where it assumes the "
+                   f"optimum does not move with D (not measured): {off[0].name}"
+                   + (f" and {len(off) - 1} more" if len(off) > 1 else ""))
+    return out
 
   @property
   def out_dir(self) -> str:

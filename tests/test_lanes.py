@@ -110,3 +110,30 @@ def test_backend_lanes_8_var_d2_equal_8_separate_runs(tmp_path):
 
 def tf_tokens_per_step() -> int:
   return 16 * sum(p * p for p in tf.PATCH_NUMS)
+
+
+def test_a_run_finished_by_another_process_meanwhile_is_not_retrained(tmp_path, monkeypatch):
+  """The statuses run_lanes reads at start-up go stale when another process trains the same
+  spec: a run finished since then is reported finished, not handed to train_lanes (which
+  refuses finished runs and would record them as failed)."""
+  from sweeps import lanes as sweep_lanes
+  from sweeps.spec import Run
+  runs = []
+  for i in range(3):
+    cfg = config_lib.from_dict({"run": {"name": f"r{i}", "out_dir": str(tmp_path)}})
+    os.makedirs(os.path.join(tmp_path, f"r{i}"))
+    runs.append(Run(f"r{i}", cfg, {}))
+  trained = []
+
+  def fake_train_lanes(configs, **kwargs):
+    trained.extend(c.run.name for c in configs)
+    return [{"loss": 1.0} for _ in configs]
+  monkeypatch.setattr(lanes, "train_lanes", fake_train_lanes)
+  monkeypatch.setattr(sweep_lanes.launch, "begin", lambda *a, **k: None)
+  with open(os.path.join(tmp_path, "r1", "summary.json"), "w") as f:
+    f.write("{}")  # r1 finished after the sweep read its status
+  outcomes = {o["run"]: o["status"]
+              for o in sweep_lanes._train_group(runs, progress=False, log=lambda m: None)}
+  assert outcomes == {"r0": "trained", "r1": "finished", "r2": "trained"}
+  assert trained == ["r0", "r2"]
+  assert not os.path.exists(os.path.join(tmp_path, "r1", registry.ERROR_FILE))

@@ -216,3 +216,26 @@ def test_lr_by_batch_grid_trains_with_lanes(tmp_path):
     assert summary["global_batch_size"] == r.info["global_batch_size"]
     with open(os.path.join(r.directory, spec_lib.SWEEP_FILE)) as f:
       assert json.load(f)["batch_scale"] == r.info["batch_scale"]
+
+
+def test_an_n_only_fit_used_at_another_d_is_recorded_and_warned(tmp_path, capsys, fit_file):
+  """A fit at one token budget (analysis hparams' N-only form: law.varies N, law.D_fixed)
+  holds at that D only: runs at another D record the ratio and `sweeps list` says so."""
+  fit = _write_fit(capsys, fit_file)
+  d_fixed = 8 * TOKENS_PER_STEP
+  law = {**fit["law"], "varies": "N", "D_fixed": d_fixed,
+         "lr": {**fit["law"]["lr"], "c": 0.0}}
+  n_only = tmp_path / "n_only.json"
+  n_only.write_text(json.dumps({**fit, "law": law}))
+  path = write_spec(tmp_path, models=ONE_MODEL, batch={"scales": [1]},
+                    budgets={"tokens": [d_fixed, 4 * d_fixed]},
+                    lr={"rule": "fitted", "from": str(n_only)})
+  sweep = spec_lib.load(path)
+  ratios = sorted(r.info["lr_fit"]["D_ratio"] for r in sweep.runs)
+  assert ratios[0] == pytest.approx(1.0, rel=0.02) and ratios[1] == pytest.approx(4.0, rel=0.02)
+  (warning,) = sweep.warnings
+  assert warning.startswith(f"lr.from {n_only} is an N-only fit at D = {d_fixed:.3g} tokens; "
+                            "1 run(s) train at 4")
+  assert cli.main(["list", path]) == 0
+  printed = capsys.readouterr()
+  assert "is an N-only fit" in printed.out + printed.err
