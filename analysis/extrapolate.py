@@ -339,7 +339,8 @@ def backtest(registry: str, fractions=FRACTIONS, methods=METHODS) -> dict:
         if "relative_error" in r:
           runs.append({"run": curve.name, "fraction": fraction, "split": r["split"],
                        "method": r["method"], "forecast": r["forecast"],
-                       "measured": r["measured"], "relative_error": r["relative_error"]})
+                       "measured": r["measured"], "relative_error": r["relative_error"],
+                       "no_decay_seen": "note" in r})
   table = []
   for fraction in fractions:
     for split in SPLITS:
@@ -347,7 +348,11 @@ def backtest(registry: str, fractions=FRACTIONS, methods=METHODS) -> dict:
                     if r["fraction"] == fraction and r["split"] == split and r["method"] == m}
                 for m in methods}
       common = sorted(set.intersection(*(set(e) for e in errors.values())))
-      row = {"fraction": fraction, "split": split, "num_runs": len(common)}
+      row = {"fraction": fraction, "split": split, "num_runs": len(common),
+             # runs whose prefix had no lr decrease: lr_annealing's C cannot be fitted there
+             "no_decay_seen": sum(1 for r in runs if r["fraction"] == fraction
+                                  and r["split"] == split and r["method"] == "lr_annealing"
+                                  and r["run"] in common and r["no_decay_seen"])}
       for m in methods:
         row[m] = float(np.mean([errors[m][r] for r in common])) if common else None
       table.append(row)
@@ -391,6 +396,13 @@ def backtest_findings(report: dict) -> list[str]:
       beats = scored["lr_annealing"] < scored["pow3"]
       what += (f"; lr_annealing {'beat' if beats else 'did not beat'} pow3 "
                f"({_pct(scored['lr_annealing'])} vs {_pct(scored['pow3'])})")
+      blind = r.get("no_decay_seen")
+      if blind:
+        what += (f"; in {'all' if blind == r['num_runs'] else blind} of the "
+                 f"{r['num_runs']} runs the lr had not begun to fall by the cut (a WSD run "
+                 "decays at its end), so lr_annealing had no decay to fit (C = 0): there it "
+                 "is a power law in the lr area, no better informed than pow3, and the "
+                 "decay's gain is missing from both forecasts")
     if r["num_runs"] < MIN_RUNS_TO_RANK:
       what += (f", but {r['num_runs']} runs are too few to rank the methods (fewer than "
                f"{MIN_RUNS_TO_RANK}: log more often or train longer runs)")

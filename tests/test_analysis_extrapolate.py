@@ -87,6 +87,7 @@ def test_backtest_table_is_the_mean_error_over_runs_every_method_forecast(tmp_pa
               if r["method"] == method and r["split"] == "train"]
     assert row[method] == pytest.approx(np.mean(errors))
   assert row["lr_annealing"] < 1e-3 < row["pow3"]  # the law that made the curves wins
+  assert row["no_decay_seen"] == 0  # cosine: the lr falls from the warmup's end
   text = extrapolate.backtest_text(report)
   assert "lr_annealing" in text and "pow3" in text and "50%" in text
 

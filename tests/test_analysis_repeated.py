@@ -109,7 +109,7 @@ def test_load_refusals(tmp_path):
 MAPE = {"registry": "runs/demo", "num_runs": 15, "methods": ["lr_annealing", "pow3"],
         "fractions": [0.3],
         "mape": [{"fraction": 0.3, "split": "eval", "num_runs": 3, "lr_annealing": 0.0476,
-                  "pow3": 0.0497},
+                  "pow3": 0.0497, "no_decay_seen": 3},
                  {"fraction": 0.3, "split": "train", "num_runs": 7, "lr_annealing": 0.09,
                   "pow3": 0.08}]}
 
@@ -121,8 +121,10 @@ def test_curve_backtest_findings(tmp_path):
   eval_line, train_line = block["findings"]
   assert "lr_annealing beat pow3 (4.76% vs 4.97%)" in eval_line
   assert "3 runs are too few to rank" in eval_line
+  assert "in all of the 3 runs the lr had not begun to fall by the cut" in eval_line
   assert "pow3 forecast the final loss best (MAPE 8.00%)" in train_line
   assert "did not beat" in train_line and "too few" not in train_line
+  assert "had not begun to fall" not in train_line  # no count: a backtest before the key
   md = "\n".join(report_md.curves_section({"curve_backtest": block}))
   assert "| 30% | eval | 3 | 4.76% | 4.97% |" in md
 
