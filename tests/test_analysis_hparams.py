@@ -27,18 +27,24 @@ def sweep(seed=0, noise=0.001, sizes=(1e7, 4.64e7, 2.15e8, 1e9), ratios=(20, 60,
       d = n * r
       lr0 = hparams.lr_law(n, d, TRUTH["a"], TRUTH["b"], TRUTH["c"])
       b0 = hparams.batch_law(n, d, TRUTH["d"], TRUTH["e"])
-      lrs = lr0 * 2.0 ** np.arange(-2, 3) * np.exp(rng.uniform(-0.3, 0.3))
-      batches = b0 * 2.0 ** np.arange(-2, 3) * np.exp(rng.uniform(-0.3, 0.3))
-      for lr in lrs:
-        for b in batches:
-          loss = 3 + 0.02 * np.log(lr / lr0) ** 2 + 0.01 * np.log(b / b0) ** 2
-          rows.append((n, d, lr, b, loss * (1 + rng.normal(0, noise))))
-  return pd.DataFrame(rows, columns=["params", "tokens", "peak_lr", "global_batch_size", "loss"])
+      rows += cell_rows(rng, n, d, lr0, b0, noise)
+  return pd.DataFrame(rows, columns=COLUMNS)
+
+
+COLUMNS = ["params", "tokens", "peak_lr", "global_batch_size", "loss"]
+
+
+def cell_rows(rng, n, d, lr0, b0, noise) -> list[tuple]:
+  """One (N, D) cell's runs: a 5 x 5 lr x batch grid (factor 2, offset at random) around
+  (lr0, b0), loss a bowl in (log lr, log batch) with relative Gaussian noise."""
+  lrs = lr0 * 2.0 ** np.arange(-2, 3) * np.exp(rng.uniform(-0.3, 0.3))
+  batches = b0 * 2.0 ** np.arange(-2, 3) * np.exp(rng.uniform(-0.3, 0.3))
+  return [(n, d, lr, b, (3 + 0.02 * np.log(lr / lr0) ** 2 + 0.01 * np.log(b / b0) ** 2)
+           * (1 + rng.normal(0, noise))) for lr in lrs for b in batches]
 
 
 def arrays(table):
-  return [table[c].to_numpy(np.float64) for c in
-          ("params", "tokens", "peak_lr", "global_batch_size", "loss")]
+  return [table[c].to_numpy(np.float64) for c in COLUMNS]
 
 
 def test_step_law_reference_point():

@@ -11,6 +11,7 @@ import pytest
 
 from analysis import hparams
 from test_analysis_cli import run_cli
+from test_analysis_hparams import COLUMNS, arrays, cell_rows
 
 A, B = 0.5, -0.4  # lr_opt = a N^b
 D_COEF, F = 4.0, 0.3  # batch_opt = d N^f
@@ -26,18 +27,8 @@ def one_budget(seed=0, sizes=(1e4, 3e4, 1e5, 3e5, 1e6), f=F, noise=0.0005):
   rows = []
   for n in sizes:
     lr0, b0 = A * n ** B, D_COEF * n ** f
-    lrs = lr0 * 2.0 ** np.arange(-2, 3) * np.exp(rng.uniform(-0.3, 0.3))
-    batches = b0 * 2.0 ** np.arange(-2, 3) * np.exp(rng.uniform(-0.3, 0.3))
-    for lr in lrs:
-      for b in batches:
-        loss = 3 + 0.02 * math.log(lr / lr0) ** 2 + 0.01 * math.log(b / b0) ** 2
-        rows.append((n, D_TOKENS, lr, b, loss * (1 + rng.normal(0, noise))))
-  return pd.DataFrame(rows, columns=["params", "tokens", "peak_lr", "global_batch_size", "loss"])
-
-
-def arrays(table):
-  return [table[c].to_numpy(np.float64) for c in
-          ("params", "tokens", "peak_lr", "global_batch_size", "loss")]
+    rows += cell_rows(rng, n, D_TOKENS, lr0, b0, noise)
+  return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def test_exact_optima_give_the_coefficients():
