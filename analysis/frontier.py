@@ -558,7 +558,7 @@ def _protocol_text(b: dict) -> str:
 
 def section(block: dict) -> list[str]:
   """report.md lines for the sampling frontier."""
-  from analysis.report_md import _table, num, with_interval
+  from analysis.report_md import _table, notes_and_figure, num, with_interval
   rows, metric = block["configs"], block["metric"]
   n = block.get("num_images")
   samplers = {r["sampler"] for r in rows}
@@ -634,11 +634,7 @@ def section(block: dict) -> list[str]:
   v = block.get("verifier_note")
   if v:
     lines += ["", f"**Verifier.** {v['text']}"]
-  if block.get("notes"):
-    lines += [""] + [f"- {note}" for note in block["notes"]]
-  if block.get("plot"):
-    lines += ["", f"![sampling frontier]({os.path.basename(block['plot'])})"]
-  return lines
+  return lines + notes_and_figure(block, "sampling frontier")
 
 
 def summary_lines(block: dict) -> list[str]:

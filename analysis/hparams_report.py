@@ -42,18 +42,11 @@ def _sub(argv: list[str]) -> dict:
 
 def sweep_seconds(runs_dir: str) -> float | None:
   """Wall time of the sweep from its registry: first start to last finish."""
-  path = os.path.join(runs_dir, "registry.jsonl")
-  if not os.path.isfile(path):
-    return None
+  from sweeps.registry import events
   times = {"started": [], "finished": []}
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      try:
-        event = json.loads(line)
-      except json.JSONDecodeError:
-        continue
-      if event.get("event") in times:
-        times[event["event"]].append(float(event["time"]))
+  for event in events(runs_dir):
+    if event.get("event") in times:
+      times[event["event"]].append(float(event["time"]))
   if not times["started"] or not times["finished"]:
     return None
   return max(times["finished"]) - min(times["started"])

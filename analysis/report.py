@@ -13,8 +13,8 @@ import os
 
 import numpy as np
 
-from analysis import (extrapolate, heldout, laws, per_scale, pipeline, plots, repeated,
-                      report_md, sampling, validity)
+from analysis import (extrapolate, frontier, heldout, laws, per_scale, pipeline, plots,
+                      repeated, report_md, validity)
 from analysis.validate import AnalysisError
 
 # Bootstrap refits of the data-constrained law in --repeated (7 parameters: each refit is a
@@ -83,8 +83,7 @@ def build(args) -> dict:
   curves = (extrapolate.read_backtest(args.curve_backtest)
             if getattr(args, "curve_backtest", None) else None)
   table = getattr(args, "sampling_table", None)
-  if table:
-    sampling.read_table(table)
+  sampled = frontier.block(table, args.out) if table else None  # no fit: cheap
   replicates = args.bootstrap or 200
   fitted = pipeline.fit_report(args.law, data, args, replicates=replicates, backtest=True)
   fit, boot = fitted.fit, fitted.boot
@@ -142,9 +141,8 @@ def build(args) -> dict:
                                         REPEATED_REPLICATES, args.out)
   if curves is not None:
     report["curve_backtest"] = curves
-  if table:
-    from analysis import frontier
-    report["sampling_frontier"] = frontier.block(table, args.out)
+  if sampled is not None:
+    report["sampling_frontier"] = sampled
   report["per_scale"] = per_scale_block(data, args.out)
   return write(report, args.out)
 

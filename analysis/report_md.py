@@ -292,10 +292,16 @@ def per_scale_section(report: dict) -> list[str]:
     lines += _table(["scale", "alpha vs N [95%], r", "alpha vs C [95%], r"],
                     [[m.removeprefix("loss_s"), cell(by.get("N")), cell(by.get("C"))]
                      for m, by in scales.items()])
+  return lines + notes_and_figure(block, "per scale", note_end=".")
+
+
+def notes_and_figure(block: dict, alt: str, note_end: str = "") -> list[str]:
+  """A section's closing lines: its `notes` as bullets, then its `plot` as an image."""
+  lines = []
   if block.get("notes"):
-    lines += [""] + [f"- {note}." for note in block["notes"]]
+    lines += [""] + [f"- {note}{note_end}" for note in block["notes"]]
   if block.get("plot"):
-    lines += ["", f"![per scale]({os.path.basename(block['plot'])})"]
+    lines += ["", f"![{alt}]({os.path.basename(block['plot'])})"]
   return lines
 
 
@@ -324,11 +330,7 @@ def repeated_section(report: dict) -> list[str]:
   lines += ["", f"Four epochs are worth {worth} unique ones under this fit "
             f"(published: {num(block['published_four_epochs_worth'])}, with R_D* = "
             f"{num(block['published_rd_star'])}).", "", f"**Verdict:** {block['verdict']}"]
-  if block.get("notes"):
-    lines += [""] + [f"- {note}" for note in block["notes"]]
-  if block.get("plot"):
-    lines += ["", f"![repeated data]({os.path.basename(block['plot'])})"]
-  return lines
+  return lines + notes_and_figure(block, "repeated data")
 
 
 def curves_section(report: dict) -> list[str]:

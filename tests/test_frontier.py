@@ -162,5 +162,7 @@ def test_figure_and_text(tmp_path):
   assert "The cheapest configuration within its interval is big best-of-2" in text
   assert "**Verifier.**" in text and "- " + b["notes"][0] in md
   lines = frontier.summary_lines(b)
-  assert 1 <= len(lines) <= 3 and all(line.startswith("sampling frontier: ") for line in lines)
+  assert len(lines) == 3 and all(line.startswith("sampling frontier: ") for line in lines)
+  assert lines[1].startswith("sampling frontier: big > small at @1, @2: 2-5x fewer")
+  assert lines[2].startswith("sampling frontier: big best-of-4: fd_embed32cnn 20 -> 17.5 at 4x")
   assert "Pareto small, big>small@1, big>small@2, big best-of-2, big best-of-4" in lines[0]
