@@ -6,7 +6,7 @@ A trainer supplies what one step, one log line, one evaluation and one checkpoin
     for each step:  the optimizer step (device work, not waited for)
                     non-finite loss tracked on the device (no host sync)
       log step:     metrics fetched to the host, throughput of the window since the last
-                    log (evaluation and saving excluded), progress bar
+                    log (evaluation and saving excluded), the window's mean loss, progress bar
       eval step:    evaluate (not on the last step: the trainer evaluates at the end)
       SIGTERM/^C:   checkpoint of this step, then Preempted (the CLI exits 143 / 130)
       save step:    checkpoint every `checkpoint_every` steps and at `keep_steps`
@@ -16,6 +16,11 @@ while the device computes (Levanter's pattern: metrics stay on device until a lo
 The first step whose loss is not finite is still known exactly: a tiny jitted update keeps
 it on the device ([] for one run, [K] for K lanes), and it is read before every log,
 evaluation and checkpoint, so no checkpoint ever holds a state that went non-finite.
+
+The same update sums the loss of every step, so a log record carries `loss_mean`, the mean
+training loss of the steps since the previous log (`loss_mean_steps` of them), besides the
+logged step's own `loss`: one batch's loss is noisy (with 16 images a batch, by several
+percent), and learning-curve fits and forecasts (analysis.extrapolate) want the mean.
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ class Hooks:
   step(k):              runs optimizer step k (0-based); returns its metrics on the device,
                         with a `loss` of shape [] (or [K] for lanes)
   log(done, m, rate, t): writes the log record after `done` steps; `m` holds the host
-                        metrics, `rate` steps/s over the window, `t` the training seconds
+                        metrics plus `loss_mean` and `loss_mean_steps` (the window's mean
+                        loss, and its steps), `rate` steps/s over the window, `t` the
+                        training seconds
   evaluate(done):       a held-out evaluation after `done` steps
   save(done):           a checkpoint after `done` steps
   nonfinite(first_bad): called with the host array of the first step whose loss was not
@@ -54,8 +61,9 @@ class Hooks:
 
 
 @jax.jit
-def _track(first_bad, loss, done):
-  return jnp.where((first_bad < 0) & ~jnp.isfinite(loss), done, first_bad)
+def _track(first_bad, loss_sum, loss, done):
+  """The first non-finite step (-1: none yet) and the window's loss sum, on the device."""
+  return jnp.where((first_bad < 0) & ~jnp.isfinite(loss), done, first_bad), loss_sum + loss
 
 
 @dataclasses.dataclass
@@ -85,7 +93,7 @@ class StepLoop:
     preempt = checkpoint.PreemptionFlag()
     bar = progress_lib.bar(total=self.total, initial=self.first_step, desc=self.desc,
                            unit="step", enabled=self.progress)
-    first_bad = None
+    first_bad = loss_sum = None
     window_steps, window_time, segment_start = 0, 0.0, time.perf_counter()
     try:
       for step in range(self.first_step, self.total):
@@ -94,7 +102,9 @@ class StepLoop:
         loss = m["loss"]
         if first_bad is None:
           first_bad = jnp.full(jnp.shape(loss), -1, jnp.int32)
-        first_bad = _track(first_bad, loss, done)
+        if loss_sum is None:  # placed like first_bad: jit puts the sum where the loss is
+          loss_sum = jnp.zeros(jnp.shape(loss), jnp.float32)
+        first_bad, loss_sum = _track(first_bad, loss_sum, loss, done)
         window_steps += 1
         log_now = done % self.log_every == 0 or done == self.total
         eval_now = done % self.eval_every == 0 and done < self.total
@@ -107,6 +117,10 @@ class StepLoop:
           self._check(first_bad, hooks)
           if log_now:
             self.train_time += window_time
+            mean = np.asarray(jax.device_get(loss_sum), np.float64) / window_steps
+            host = dict(host, loss_mean=mean,
+                        loss_mean_steps=np.full(np.shape(mean), window_steps, np.int64))
+            loss_sum = None
             hooks.log(done, host, window_steps / max(window_time, 1e-9), self.train_time)
             if self.postfix is not None:
               bar.set_postfix(**self.postfix(host))
