@@ -14,8 +14,14 @@ stable phase, a constant schedule) S2 is 0 at every point and C cannot be told f
 data, so C = 0 and the forecast carries no gain from the decay to come (stated in
 `notes`).
 
+Train points are the mean loss of each log window (`loss_mean`, which varjax logs besides
+the noisy loss of the logged step's one batch) placed at the window's middle step (the
+first window, over the steep start, is left out), so the train forecast and its measured
+value are of the last window's mean; records without it
+(other tools' files, older runs) give their own loss at their step.
+
 A split with more prefix points than the law has parameters is fitted directly; eval loss
-logged too rarely for that (runs evaluate every 1000 steps) is forecast as the train fit
+logged too rarely for that (a run evaluating every 1000 steps) is forecast as the train fit
 times exp(mean log(eval / train fit)) over the eval points in the prefix, and skipped
 without any. Intervals: pairs bootstrap of the fit plus a resampled residual, as
 `forecast` does (analysis.uncertainty); points of one curve are correlated, so they are
@@ -102,6 +108,12 @@ class Curve:
   warmup_steps: int
   points: dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (steps int64[k], loss float64[k])
   schedule: dict  # how lr_S was made, for the output
+  # split -> int64[k]: the first step of the window each loss is the mean over (a train
+  # record's loss_mean); None or a missing split: the record's own step
+  first: dict[str, np.ndarray] | None = None
+
+  def window_first(self, split: str) -> np.ndarray:
+    return (self.first or {}).get(split, self.points[split][0])
 
   def areas(self) -> tuple[np.ndarray, np.ndarray]:
     """S1, S2 per step (float64[total_steps]), warmup counted at the peak."""
@@ -134,25 +146,41 @@ def _read_json(path: str, what: str) -> dict:
   return value
 
 
-def _points(frame: pd.DataFrame, source: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _points(frame: pd.DataFrame, source: str):
+  """({split: (steps int64[k], loss float64[k])}, {split: first int64[k]}): each split's
+  records in step order, and the first step of the window each loss is the mean over. A
+  train record with `loss_mean` (varjax logs the mean loss of the steps since the previous
+  record, see varjax.train.steploop) gives that mean over its window, unless the window
+  reaches back past half its end step; others give their own `loss` (window: the step)."""
   for col in ("step", "loss"):
     if col not in frame.columns:
       raise AnalysisError(f"{source}: no {col!r} column (columns: "
                           f"{', '.join(map(str, frame.columns))})")
   if "split" not in frame.columns:  # one curve: taken as the eval loss
     frame = frame.assign(split="eval")
-  out = {}
+  number = lambda rows, col: (pd.to_numeric(rows[col], errors="coerce").to_numpy(np.float64)
+                              if col in rows.columns else np.full(len(rows), np.nan))
+  points, at = {}, {}
   for split in SPLITS:
     rows = frame[frame["split"] == split]
-    step = pd.to_numeric(rows["step"], errors="coerce").to_numpy(np.float64)
-    loss = pd.to_numeric(rows["loss"], errors="coerce").to_numpy(np.float64)
+    step, loss = number(rows, "step"), number(rows, "loss")
+    first = step.copy()
+    if split == "train":
+      mean, window = number(rows, "loss_mean"), number(rows, "loss_mean_steps")
+      windowed = np.isfinite(mean) & (mean > 0) & np.isfinite(window) & (window >= 1)
+      loss = np.where(windowed, mean, loss)
+      first = np.where(windowed, step - window + 1, step)
+      # A window reaching back past half its end step (the first: steps 1..100) averages
+      # the steep start, where the laws do not hold: left out.
+      loss = np.where(windowed & (window > step / 2), np.nan, loss)
     ok = np.isfinite(step) & np.isfinite(loss) & (step >= 1) & (loss > 0)
     if ok.any():
       order = np.argsort(step[ok], kind="stable")
-      out[split] = (step[ok][order].astype(np.int64), loss[ok][order])
-  if not out:
+      points[split] = (step[ok][order].astype(np.int64), loss[ok][order])
+      at[split] = np.maximum(first[ok][order], 1).astype(np.int64)
+  if not points:
     raise AnalysisError(f"{source}: no eval or train loss points (step >= 1, loss > 0)")
-  return out
+  return points, at
 
 
 def read_metrics(path: str, select: dict[str, str] | None = None) -> pd.DataFrame:
@@ -204,11 +232,12 @@ def load_run(run_dir: str) -> Curve:
   if frame.empty:
     raise AnalysisError(f"--run {run_dir}: metrics.jsonl holds no records")
   lr = schedule_lr(optim, total, batch)
+  points, at = _points(frame, metrics_path)
   return Curve(os.path.basename(os.path.normpath(run_dir)), total, lr,
-               int(optim.get("warmup_steps", 0)), _points(frame, metrics_path),
+               int(optim.get("warmup_steps", 0)), points,
                {"schedule": optim.get("schedule", "linear"), "steps": total,
                 "warmup_steps": int(optim.get("warmup_steps", 0)),
-                "peak_lr": float(lr.max()), "source": "config.json"})
+                "peak_lr": float(lr.max()), "source": "config.json"}, at)
 
 
 def load_metrics_file(path: str, select=None, optim: Mapping | None = None,
@@ -217,7 +246,7 @@ def load_metrics_file(path: str, select=None, optim: Mapping | None = None,
   over `total_steps` (default: the last step in the file). Without `optim` the schedule is
   unknown and only the schedule-free methods run."""
   frame = read_metrics(path, select)
-  points = _points(frame, path)
+  points, at = _points(frame, path)
   last = max(int(s[-1]) for s, _ in points.values())
   total = int(total_steps or last)
   lr = schedule_lr(optim, total, global_batch_size) if optim is not None else None
@@ -225,7 +254,7 @@ def load_metrics_file(path: str, select=None, optim: Mapping | None = None,
                "warmup_steps": int(optim.get("warmup_steps", 0)), "peak_lr": float(lr.max()),
                "source": "flags"} if optim is not None else {"steps": total, "source": None})
   name = os.path.basename(path) + "".join(f" [{k}={v}]" for k, v in (select or {}).items())
-  return Curve(name, total, lr, int((optim or {}).get("warmup_steps", 0)), points, schedule)
+  return Curve(name, total, lr, int((optim or {}).get("warmup_steps", 0)), points, schedule, at)
 
 
 # ---------------------------------------------------------------- one forecast
@@ -247,6 +276,50 @@ def _method_law(method: str, curve: Curve, prefix_steps: np.ndarray):
             "and the forecast carries no gain from the decay to come")
     return ANNEALING_NO_DECAY, inputs, note
   return ANNEALING, inputs, None
+
+
+# A law's mean over a window of steps (a train record's loss_mean) is the Gauss-Legendre
+# weighted mean of its values at 4 steps of the window (rounded to whole steps): on steps
+# 101-200, the mean of s^-0.5 is 1.43% above its value at the middle step and 7e-5 below
+# the 4-node sum (1.4e-6 unrounded). Written here because the laws are fitted through
+# fit_law, which predicts one value per point.
+WINDOW_NODES, WINDOW_WEIGHTS = np.polynomial.legendre.leggauss(4)  # on [-1, 1]; sum 2
+
+
+def window_law(law: Law) -> Law:
+  """`law` averaged over windows of steps: input `<name>@j` holds `<name>` at node j of
+  each point's window (`window_inputs`)."""
+  k = len(WINDOW_NODES)
+  m = len(law.features({n: np.ones(1) for n in law.inputs}))
+  log_weights = np.log(WINDOW_WEIGHTS / 2)[:, None]
+  node = lambda names, j: tuple(f"{n}@{j}" for n in names)
+
+  def features(d):
+    return sum((tuple(law.features(dict(zip(law.inputs, (d[x] for x in node(law.inputs, j))))))
+                for j in range(k)), ())
+
+  def log_predict(t, f):
+    logs = jnp.stack([law.log_predict(t, f[j * m:(j + 1) * m]) for j in range(k)])
+    return jax.nn.logsumexp(logs + log_weights, axis=0)
+
+  positive = None if law.positive_inputs is None else sum(
+      (node(law.positive_inputs, j) for j in range(k)), ())
+  return dataclasses.replace(
+      law, formula=f"{law.formula}, averaged over each point's window of steps",
+      inputs=sum((node(law.inputs, j) for j in range(k)), ()), features=features,
+      log_predict=log_predict, positive_inputs=positive, data_starts=None, from_public=None)
+
+
+def window_inputs(inputs, first, last) -> dict:
+  """`window_law`'s inputs for windows of steps first..last (int arrays, inclusive), from
+  a method's `inputs(steps)`."""
+  first, last = np.asarray(first, np.float64), np.asarray(last, np.float64)
+  mid, half = (first + last) / 2, (last - first + 1) / 2
+  out = {}
+  for j, x in enumerate(WINDOW_NODES):
+    steps = np.clip(np.floor(mid + x * half + 0.5), first, last).astype(np.int64)
+    out.update({f"{name}@{j}": v for name, v in inputs(steps).items()})
+  return out
 
 
 def fit_padded(law: Law, x: dict, y: np.ndarray):
@@ -275,22 +348,32 @@ def forecast(curve: Curve, fraction: float, methods=METHODS, replicates: int = 2
       if split not in curve.points:
         continue
       steps, loss = curve.points[split]
+      first = curve.window_first(split)
+      windows = bool(np.any(first != steps))  # train records with loss_mean
       pre = steps <= cut
       measured = loss[steps == final]
+      first_final = int(first[steps == final][-1]) if len(measured) else final
       row = {"method": method, "split": split, "num_points": int(pre.sum()),
              "measured": float(measured[-1]) if len(measured) else None}
+      if windows:
+        row["window_means"] = True  # losses, forecast and measured: means over log windows
       try:
         if not pre.any():
           raise AnalysisError(f"no {split} point at or before step {cut}")
-        law, inputs, note = _method_law(method, curve, steps[pre])
+        law, at_steps, note = _method_law(method, curve, steps[pre])
+        if windows:
+          law = window_law(law)
+          inputs = lambda f, last, at_steps=at_steps: window_inputs(at_steps, f, last)
+        else:
+          inputs = lambda f, last, at_steps=at_steps: at_steps(last)
         scale = 1.0
         if pre.sum() > law.num_params and np.ptp(loss[pre]) > 0:
-          fit = fit_padded(law, inputs(steps[pre]), loss[pre])
+          fit = fit_padded(law, inputs(first[pre], steps[pre]), loss[pre])
           row["fit_on"] = split
         elif split == "eval" and train_fit is not None:
           fit, inputs, note = train_fit
           scale = float(np.exp(np.mean(np.log(loss[pre]) -
-                                       np.log(fit.predict(inputs(steps[pre]))))))
+                                       np.log(fit.predict(inputs(steps[pre], steps[pre]))))))
           row.update(fit_on="train x eval/train", eval_over_train=scale)
         else:
           raise AnalysisError(f"{int(pre.sum())} {split} point(s) at or before step {cut}; "
@@ -298,7 +381,7 @@ def forecast(curve: Curve, fraction: float, methods=METHODS, replicates: int = 2
                               (" (or a train fit)" if split == "eval" else ""))
         if split == "train":
           train_fit = (fit, inputs, note)
-        x_final = inputs([final])
+        x_final = inputs([first_final], [final])
         row.update(forecast=scale * float(fit.predict(x_final)[0]), law=fit.law.formula,
                    params=fit.params)
         if note:

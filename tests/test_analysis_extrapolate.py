@@ -73,6 +73,38 @@ def test_before_the_decay_c_is_zero_and_the_sparse_eval_rides_on_the_train_fit(t
   assert rows["eval"]["forecast"] > rows["eval"]["measured"]
 
 
+def test_train_window_means_are_fitted_at_their_middle_step(tmp_path):
+  """varjax logs `loss_mean` (the mean loss since the previous record) besides the logged
+  step's one-batch `loss`: made here as the law's exact window means, and a `loss` with
+  10% noise. The forecast uses the means, placed mid-window, and lands on the last window's
+  mean; the noisy one-batch losses alone miss by far more."""
+  steps, every = 2000, 100
+  run = write_run(tmp_path / "cos", COSINE, steps=steps, log_every=every, eval_every=1000)
+  per_step = law_curve(COSINE, steps, np.arange(1, steps + 1))
+  noise = np.random.default_rng(0).normal(1.0, 0.1, size=steps)
+  records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+  for r in records:
+    if r["split"] == "train":
+      s = r["step"]
+      r.update(loss=float(per_step[s - 1] * noise[s - 1]),
+               loss_mean=float(per_step[s - every:s].mean()), loss_mean_steps=every)
+  (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  curve = extrapolate.load_run(str(run))
+  # windows 101-200, 201-300, ...: the first (steps 1-100) is left out
+  np.testing.assert_array_equal(curve.window_first("train")[:2], [101, 201])
+  row = next(r for r in extrapolate.forecast(curve, 0.5, ("lr_annealing",), replicates=0)
+             ["forecasts"] if r["split"] == "train")
+  assert row["measured"] == pytest.approx(per_step[-every:].mean())
+  assert row["window_means"] and abs(row["relative_error"]) < 2e-4
+  for r in records:
+    r.pop("loss_mean", None)
+  (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  single = next(r for r in extrapolate.forecast(extrapolate.load_run(str(run)), 0.5,
+                                                ("lr_annealing",), replicates=0)["forecasts"]
+                if r["split"] == "train")
+  assert abs(single["relative_error"]) > 10 * abs(row["relative_error"])
+
+
 def test_backtest_table_is_the_mean_error_over_runs_every_method_forecast(tmp_path):
   write_run(tmp_path / "reg" / "a", COSINE, steps=2000, log_every=125, eval_every=1000)
   write_run(tmp_path / "reg" / "b", COSINE, steps=1500, log_every=100, eval_every=1000)
