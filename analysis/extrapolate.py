@@ -259,19 +259,25 @@ def load_metrics_file(path: str, select=None, optim: Mapping | None = None,
 
 # ---------------------------------------------------------------- one forecast
 
-def _method_law(method: str, curve: Curve, prefix_steps: np.ndarray):
-  """(law, inputs(steps) -> dict, note or None) of a method on this curve."""
+def _step_inputs(curve: Curve):
+  """inputs(steps) -> {"S1", "S2"} of the annealing law under the curve's own schedule."""
+  if curve.lr_S is None:
+    raise AnalysisError("needs the lr schedule (--run DIR, or --config / --schedule with "
+                        "--metrics)")
+  s1, s2 = curve.areas()
+  return lambda s: {"S1": s1[np.asarray(s) - 1], "S2": s2[np.asarray(s) - 1]}
+
+
+def _method_law(method: str, curve: Curve, prefix_steps: np.ndarray, decay_elsewhere=False):
+  """(law, inputs(steps) -> dict, note or None) of a method on this curve; `decay_elsewhere`:
+  a curve fitted with it has an lr decrease among its points."""
   if method in ("pow3", "log_power"):
     law = POW3 if method == "pow3" else LOG_POWER
     return law, lambda s: {"step": np.asarray(s, np.float64)}, None
   if method != "lr_annealing":
     raise AnalysisError(f"unknown method {method!r}; methods are {', '.join(METHODS)}")
-  if curve.lr_S is None:
-    raise AnalysisError("needs the lr schedule (--run DIR, or --config / --schedule with "
-                        "--metrics)")
-  s1, s2 = curve.areas()
-  inputs = lambda s: {"S1": s1[np.asarray(s) - 1], "S2": s2[np.asarray(s) - 1]}
-  if np.all(s2[prefix_steps - 1] <= 0):
+  inputs = _step_inputs(curve)
+  if not decay_elsewhere and np.all(inputs(prefix_steps)["S2"] <= 0):
     note = (f"no lr decrease by step {int(prefix_steps.max())}: C S2 cannot be fitted, so C = 0 "
             "and the forecast carries no gain from the decay to come")
     return ANNEALING_NO_DECAY, inputs, note
@@ -336,9 +342,15 @@ def fit_padded(law: Law, x: dict, y: np.ndarray):
 
 
 def forecast(curve: Curve, fraction: float, methods=METHODS, replicates: int = 200,
-             seed: int = 0) -> dict:
+             seed: int = 0, others: tuple[Curve, ...] = ()) -> dict:
   """Each method's forecast of each split's loss at the curve's last step from the points
-  at steps <= fraction x last step: {"forecasts": [...], "skipped": [...], ...}."""
+  at steps <= fraction x last step: {"forecasts": [...], "skipped": [...], ...}.
+
+  `others`: finished curves of the same model, data and peak lr under other schedules,
+  fitted with the prefix by lr_annealing (one L0, A, alpha, C; each curve's S1 and S2 from
+  its own schedule: Tissue et al. fit a law on some schedules' curves and predict
+  another's). Their every point is used. pow3 and log-power know no schedule, so they fit
+  the prefix alone."""
   cut = int(np.floor(fraction * curve.total_steps + 1e-9))
   final = curve.total_steps
   rows, skipped = [], []
@@ -360,16 +372,31 @@ def forecast(curve: Curve, fraction: float, methods=METHODS, replicates: int = 2
       try:
         if not pre.any():
           raise AnalysisError(f"no {split} point at or before step {cut}")
-        law, at_steps, note = _method_law(method, curve, steps[pre])
+        # (first, last steps of each point's window, inputs(steps), loss) of every curve fitted
+        parts = [(first[pre], steps[pre], None, loss[pre])]
+        if method == "lr_annealing":
+          parts += [(o.window_first(split), o.points[split][0], _step_inputs(o),
+                     o.points[split][1]) for o in others if split in o.points]
+        decay_elsewhere = any(np.any(p[2](p[1])["S2"] > 0) for p in parts[1:])
+        law, at_steps, note = _method_law(method, curve, steps[pre], decay_elsewhere)
+        parts[0] = parts[0][:2] + (at_steps,) + parts[0][3:]
+        if len(parts) > 1:
+          row["with"] = [o.name for o in others if split in o.points]
+          row["num_points_with"] = int(sum(len(p[3]) for p in parts[1:]))
+        windows = windows or any(np.any(p[0] != p[1]) for p in parts[1:])
         if windows:
           law = window_law(law)
           inputs = lambda f, last, at_steps=at_steps: window_inputs(at_steps, f, last)
+          joint = lambda p: window_inputs(p[2], p[0], p[1])
         else:
           inputs = lambda f, last, at_steps=at_steps: at_steps(last)
+          joint = lambda p: p[2](p[1])
         scale = 1.0
-        if pre.sum() > law.num_params and np.ptp(loss[pre]) > 0:
-          fit = fit_padded(law, inputs(first[pre], steps[pre]), loss[pre])
-          row["fit_on"] = split
+        y = np.concatenate([p[3] for p in parts])
+        if len(y) > law.num_params and np.ptp(y) > 0:
+          xs = [joint(p) for p in parts]
+          fit = fit_padded(law, {k: np.concatenate([x[k] for x in xs]) for k in xs[0]}, y)
+          row["fit_on"] = split + (f" + {len(parts) - 1} other curve(s)" if len(parts) > 1 else "")
         elif split == "eval" and train_fit is not None:
           fit, inputs, note = train_fit
           scale = float(np.exp(np.mean(np.log(loss[pre]) -
@@ -517,6 +544,8 @@ def forecast_text(report: dict) -> str:
                  f"{r['fit_on']}")
   notes = sorted({r["note"] for r in report["forecasts"] if "note" in r})
   lines += [f"note: {n}" for n in notes]
+  lines += sorted({f"with ({r['split']}): {', '.join(r['with'])}: {r['num_points_with']} points"
+                   for r in report["forecasts"] if "with" in r})
   lines += [f"skipped: {s['method']} {s['split']}: {s['reason']}" for s in report["skipped"]]
   return "\n".join(lines)
 
@@ -602,11 +631,23 @@ def add_parser(sub) -> None:
   p.add_argument("--peak-lr", type=positive_number, default=None)
   p.add_argument("--min-lr-ratio", type=float, default=0.0)
   p.add_argument("--decay-fraction", type=fraction, default=0.2)
+  p.add_argument("--with-run", action="append", default=[], metavar="DIR",
+                 help="a finished run of the same model, data and peak lr under another "
+                      "schedule, fitted with the prefix by lr_annealing (repeatable)")
+  p.add_argument("--with-select", action="append", type=_key_value, default=[],
+                 metavar="COL=VALUE", help="--metrics: the rows of another finished curve in "
+                 "the same file, fitted with the prefix by lr_annealing (repeatable)")
+  p.add_argument("--with-schedule", choices=("linear", "cosine", "wsd", "constant"),
+                 help="--with-select: those curves' lr schedule (default --schedule's; the "
+                      "other schedule flags are shared)")
   p.add_argument("--json", action="store_true", help="print JSON")
   p.set_defaults(func=run_command, d_col=None, c_col=None)
 
 
-def _metrics_curve(args) -> Curve:
+def _metrics_curve(args, select=None, schedule=None) -> Curve:
+  """The --metrics curve (rows of --select, or `select` with `schedule` for a --with-select
+  curve, whose total steps are its own last step unless --steps)."""
+  select = dict(args.select) if select is None else select
   if args.config and args.schedule:
     raise AnalysisError("give --config FILE or --schedule, not both")
   optim, total, batch = None, args.steps, 256
@@ -616,11 +657,13 @@ def _metrics_curve(args) -> Curve:
     total = total or config.get("run", {}).get("steps")
     batch = config.get("data", {}).get("global_batch_size", 256)
   elif args.schedule:
-    optim = {"schedule": args.schedule, "warmup_steps": args.warmup_steps,
+    optim = {"schedule": schedule or args.schedule, "warmup_steps": args.warmup_steps,
              "min_lr_ratio": args.min_lr_ratio, "decay_fraction": args.decay_fraction}
     if args.peak_lr is not None:
       optim["peak_lr"] = args.peak_lr
-  curve = load_metrics_file(args.metrics, dict(args.select), optim, total, batch)
+  if optim is not None and schedule:
+    optim = dict(optim, schedule=schedule)
+  curve = load_metrics_file(args.metrics, select, optim, total, batch)
   last = max(int(s[-1]) for s, _ in curve.points.values())
   if last > curve.total_steps:
     raise AnalysisError(f"{args.metrics} has points up to step {last}, beyond the run's "
@@ -629,14 +672,26 @@ def _metrics_curve(args) -> Curve:
 
 
 def run_command(args) -> dict:
-  if not args.metrics and (args.config or args.schedule or args.select or args.steps):
-    raise AnalysisError("--config, --schedule, --select and --steps go with --metrics FILE")
+  if not args.metrics and (args.config or args.schedule or args.select or args.steps
+                           or args.with_select or args.with_schedule):
+    raise AnalysisError("--config, --schedule, --select, --steps and --with-select go with "
+                        "--metrics FILE")
+  if args.backtest and args.with_run:
+    raise AnalysisError("--with-run goes with --run or --metrics, not --backtest")
+  if args.with_schedule and not args.with_select:
+    raise AnalysisError("--with-schedule goes with --with-select")
   if args.backtest:
     report = backtest(args.backtest, args.fractions, args.methods)
     report["text"] = backtest_text(report)
     return report
   curve = load_run(args.run) if args.run else _metrics_curve(args)
-  report = forecast(curve, args.fraction, args.methods, args.bootstrap, args.seed)
+  others = tuple(load_run(d) for d in args.with_run)
+  others += tuple(_metrics_curve(args, dict([kv]), args.with_schedule)
+                  for kv in args.with_select)
+  if others and curve.lr_S is None:
+    raise AnalysisError("--with-run / --with-select need the lr schedule of the run "
+                        "(--config or --schedule with --metrics)")
+  report = forecast(curve, args.fraction, args.methods, args.bootstrap, args.seed, others)
   if not report["forecasts"]:
     raise AnalysisError(f"nothing to forecast from the first {args.fraction:.0%}: " +
                         "; ".join(f"{s['method']} {s['split']}: {s['reason']}"
