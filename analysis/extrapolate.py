@@ -504,8 +504,10 @@ def backtest_findings(report: dict) -> list[str]:
             f"{best} forecast the final loss best (MAPE {_pct(scored[best])})")
     if "lr_annealing" in scored and "pow3" in scored:
       beats = scored["lr_annealing"] < scored["pow3"]
-      what += (f"; lr_annealing {'beat' if beats else 'did not beat'} pow3 "
-               f"({_pct(scored['lr_annealing'])} vs {_pct(scored['pow3'])})")
+      a, b = _pct(scored["lr_annealing"]), _pct(scored["pow3"])
+      if a == b:  # a tie at two decimals: show the digit that decides
+        a, b = _pct(scored["lr_annealing"], 3), _pct(scored["pow3"], 3)
+      what += f"; lr_annealing {'beat' if beats else 'did not beat'} pow3 ({a} vs {b})"
       blind = r.get("no_decay_seen")
       if blind:
         what += (f"; in {'all' if blind == r['num_runs'] else blind} of the "
@@ -522,8 +524,8 @@ def backtest_findings(report: dict) -> list[str]:
 
 # ---------------------------------------------------------------- text
 
-def _pct(v) -> str:
-  return "–" if v is None else f"{100 * v:.2f}%"
+def _pct(v, digits: int = 2) -> str:
+  return "–" if v is None else f"{100 * v:.{digits}f}%"
 
 
 def forecast_text(report: dict) -> str:
