@@ -127,6 +127,8 @@ def test_curve_backtest_findings(tmp_path):
   assert "had not begun to fall" not in train_line  # no count: a backtest before the key
   md = "\n".join(report_md.curves_section({"curve_backtest": block}))
   assert "| 30% | eval | 3 | 4.76% | 4.97% |" in md
+  tie = {**MAPE, "mape": [dict(MAPE["mape"][1], lr_annealing=0.014513, pow3=0.014486)]}
+  assert "did not beat pow3 (1.451% vs 1.449%)" in extrapolate.backtest_findings(tie)[0]
 
 
 def test_curve_backtest_refusals(tmp_path):
