@@ -15,10 +15,10 @@ data, so C = 0 and the forecast carries no gain from the decay to come (stated i
 `notes`).
 
 Train points are the mean loss of each log window (`loss_mean`, which varjax logs besides
-the noisy loss of the logged step's one batch) placed at the window's middle step (the
-first window, over the steep start, is left out), so the train forecast and its measured
-value are of the last window's mean; records without it
-(other tools' files, older runs) give their own loss at their step.
+the noisy loss of the logged step's one batch), fitted as the law's mean over the window
+(`window_law`; the first window, over the steep start, is left out), so the train forecast
+and its measured value are of the last window's mean; records without it (other tools'
+files, older runs) give their own loss at their step.
 
 A split with more prefix points than the law has parameters is fitted directly; eval loss
 logged too rarely for that (a run evaluating every 1000 steps) is forecast as the train fit
@@ -111,14 +111,18 @@ class Curve:
   # split -> int64[k]: the first step of the window each loss is the mean over (a train
   # record's loss_mean); None or a missing split: the record's own step
   first: dict[str, np.ndarray] | None = None
+  _areas: tuple | None = dataclasses.field(default=None, repr=False, compare=False)
 
   def window_first(self, split: str) -> np.ndarray:
     return (self.first or {}).get(split, self.points[split][0])
 
   def areas(self) -> tuple[np.ndarray, np.ndarray]:
-    """S1, S2 per step (float64[total_steps]), warmup counted at the peak."""
-    warm = min(self.warmup_steps, self.total_steps - 1)
-    return annealing_areas(self.lr_S, warmup_steps=warm, momentum=MOMENTUM)
+    """S1, S2 per step (float64[total_steps]), warmup counted at the peak; computed once
+    (a step-by-step recursion, and a backtest asks for it at every fraction and split)."""
+    if self._areas is None:
+      warm = min(self.warmup_steps, self.total_steps - 1)
+      self._areas = annealing_areas(self.lr_S, warmup_steps=warm, momentum=MOMENTUM)
+    return self._areas
 
 
 def schedule_lr(optim: Mapping, total_steps: int, global_batch_size: int = 256) -> np.ndarray:
@@ -160,7 +164,7 @@ def _points(frame: pd.DataFrame, source: str):
     frame = frame.assign(split="eval")
   number = lambda rows, col: (pd.to_numeric(rows[col], errors="coerce").to_numpy(np.float64)
                               if col in rows.columns else np.full(len(rows), np.nan))
-  points, at = {}, {}
+  points, firsts = {}, {}
   for split in SPLITS:
     rows = frame[frame["split"] == split]
     step, loss = number(rows, "step"), number(rows, "loss")
@@ -177,10 +181,10 @@ def _points(frame: pd.DataFrame, source: str):
     if ok.any():
       order = np.argsort(step[ok], kind="stable")
       points[split] = (step[ok][order].astype(np.int64), loss[ok][order])
-      at[split] = np.maximum(first[ok][order], 1).astype(np.int64)
+      firsts[split] = np.maximum(first[ok][order], 1).astype(np.int64)
   if not points:
     raise AnalysisError(f"{source}: no eval or train loss points (step >= 1, loss > 0)")
-  return points, at
+  return points, firsts
 
 
 def read_metrics(path: str, select: dict[str, str] | None = None) -> pd.DataFrame:
@@ -232,12 +236,12 @@ def load_run(run_dir: str) -> Curve:
   if frame.empty:
     raise AnalysisError(f"--run {run_dir}: metrics.jsonl holds no records")
   lr = schedule_lr(optim, total, batch)
-  points, at = _points(frame, metrics_path)
+  points, first = _points(frame, metrics_path)
   return Curve(os.path.basename(os.path.normpath(run_dir)), total, lr,
                int(optim.get("warmup_steps", 0)), points,
                {"schedule": optim.get("schedule", "linear"), "steps": total,
                 "warmup_steps": int(optim.get("warmup_steps", 0)),
-                "peak_lr": float(lr.max()), "source": "config.json"}, at)
+                "peak_lr": float(lr.max()), "source": "config.json"}, first)
 
 
 def load_metrics_file(path: str, select=None, optim: Mapping | None = None,
@@ -246,7 +250,7 @@ def load_metrics_file(path: str, select=None, optim: Mapping | None = None,
   over `total_steps` (default: the last step in the file). Without `optim` the schedule is
   unknown and only the schedule-free methods run."""
   frame = read_metrics(path, select)
-  points, at = _points(frame, path)
+  points, first = _points(frame, path)
   last = max(int(s[-1]) for s, _ in points.values())
   total = int(total_steps or last)
   lr = schedule_lr(optim, total, global_batch_size) if optim is not None else None
@@ -254,7 +258,8 @@ def load_metrics_file(path: str, select=None, optim: Mapping | None = None,
                "warmup_steps": int(optim.get("warmup_steps", 0)), "peak_lr": float(lr.max()),
                "source": "flags"} if optim is not None else {"steps": total, "source": None})
   name = os.path.basename(path) + "".join(f" [{k}={v}]" for k, v in (select or {}).items())
-  return Curve(name, total, lr, int((optim or {}).get("warmup_steps", 0)), points, schedule, at)
+  return Curve(name, total, lr, int((optim or {}).get("warmup_steps", 0)), points, schedule,
+               first)
 
 
 # ---------------------------------------------------------------- one forecast
@@ -373,28 +378,24 @@ def forecast(curve: Curve, fraction: float, methods=METHODS, replicates: int = 2
         if not pre.any():
           raise AnalysisError(f"no {split} point at or before step {cut}")
         # (first, last steps of each point's window, inputs(steps), loss) of every curve fitted
-        parts = [(first[pre], steps[pre], None, loss[pre])]
-        if method == "lr_annealing":
-          parts += [(o.window_first(split), o.points[split][0], _step_inputs(o),
-                     o.points[split][1]) for o in others if split in o.points]
-        decay_elsewhere = any(np.any(p[2](p[1])["S2"] > 0) for p in parts[1:])
+        parts = [(o.window_first(split), o.points[split][0], _step_inputs(o), o.points[split][1])
+                 for o in (others if method == "lr_annealing" else ()) if split in o.points]
+        decay_elsewhere = any(np.any(p[2](p[1])["S2"] > 0) for p in parts)
         law, at_steps, note = _method_law(method, curve, steps[pre], decay_elsewhere)
-        parts[0] = parts[0][:2] + (at_steps,) + parts[0][3:]
-        if len(parts) > 1:
+        if parts:
           row["with"] = [o.name for o in others if split in o.points]
-          row["num_points_with"] = int(sum(len(p[3]) for p in parts[1:]))
-        windows = windows or any(np.any(p[0] != p[1]) for p in parts[1:])
-        if windows:
+          row["num_points_with"] = int(sum(len(p[3]) for p in parts))
+        parts.insert(0, (first[pre], steps[pre], at_steps, loss[pre]))
+        if windows or any(np.any(p[0] != p[1]) for p in parts):
           law = window_law(law)
-          inputs = lambda f, last, at_steps=at_steps: window_inputs(at_steps, f, last)
-          joint = lambda p: window_inputs(p[2], p[0], p[1])
+          make = window_inputs
         else:
-          inputs = lambda f, last, at_steps=at_steps: at_steps(last)
-          joint = lambda p: p[2](p[1])
+          make = lambda at, f, last: at(last)
+        inputs = lambda f, last, at_steps=at_steps, make=make: make(at_steps, f, last)
         scale = 1.0
         y = np.concatenate([p[3] for p in parts])
         if len(y) > law.num_params and np.ptp(y) > 0:
-          xs = [joint(p) for p in parts]
+          xs = [make(p[2], p[0], p[1]) for p in parts]
           fit = fit_padded(law, {k: np.concatenate([x[k] for x in xs]) for k in xs[0]}, y)
           row["fit_on"] = split + (f" + {len(parts) - 1} other curve(s)" if len(parts) > 1 else "")
         elif split == "eval" and train_fit is not None:
@@ -659,7 +660,7 @@ def _metrics_curve(args, select=None, schedule=None) -> Curve:
     total = total or config.get("run", {}).get("steps")
     batch = config.get("data", {}).get("global_batch_size", 256)
   elif args.schedule:
-    optim = {"schedule": schedule or args.schedule, "warmup_steps": args.warmup_steps,
+    optim = {"schedule": args.schedule, "warmup_steps": args.warmup_steps,
              "min_lr_ratio": args.min_lr_ratio, "decay_fraction": args.decay_fraction}
     if args.peak_lr is not None:
       optim["peak_lr"] = args.peak_lr
