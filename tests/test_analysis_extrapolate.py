@@ -105,6 +105,33 @@ def test_train_window_means_are_fitted_at_their_middle_step(tmp_path):
   assert abs(single["relative_error"]) > 10 * abs(row["relative_error"])
 
 
+def test_a_short_last_window_joins_the_one_before():
+  """A 2,404-step run logging every 100 steps ends on a window of 4 steps: alone, that mean of
+  4 batches would be the measured final train loss. It is joined to the window before (the
+  step-weighted mean of steps 2301-2404); a last window of 54 steps (over half) stays."""
+  import pandas as pd
+  rng = np.random.default_rng(0)
+  for last, joined in ((2404, True), (2454, False)):
+    ends = list(range(100, 2401, 100)) + [last]
+    sizes = np.diff([0] + ends)
+    means = rng.uniform(4.0, 5.0, len(ends))
+    frame = pd.DataFrame({"step": ends, "split": "train", "loss": means + 1.0,
+                          "loss_mean": means, "loss_mean_steps": sizes})
+    points, first = extrapolate._points(frame, "m")
+    steps, loss = points["train"]
+    assert steps[-1] == last and steps[0] == 200  # steps 1-100: left out
+    if joined:
+      assert len(steps) == 23 and first["train"][-1] == 2301
+      assert loss[-1] == pytest.approx((means[-2] * 100 + means[-1] * 4) / 104)
+    else:
+      assert len(steps) == 24 and first["train"][-1] == 2401
+      assert loss[-1] == pytest.approx(means[-1])
+    np.testing.assert_allclose(loss[:22], means[1:23])  # windows ending 200-2300
+  # records without loss_mean are points, never joined
+  frame = pd.DataFrame({"step": [100, 200, 203], "split": "train", "loss": [5.0, 4.0, 3.0]})
+  np.testing.assert_array_equal(extrapolate._points(frame, "m")[0]["train"][1], [5.0, 4.0, 3.0])
+
+
 def test_backtest_table_is_the_mean_error_over_runs_every_method_forecast(tmp_path):
   write_run(tmp_path / "reg" / "a", COSINE, steps=2000, log_every=125, eval_every=1000)
   write_run(tmp_path / "reg" / "b", COSINE, steps=1500, log_every=100, eval_every=1000)
