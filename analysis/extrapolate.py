@@ -38,6 +38,7 @@ the schedule from flags.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Mapping
@@ -60,6 +61,7 @@ FRACTIONS = (0.1, 0.2, 0.3, 0.5)
 # 256, in three quarters of the time.
 KEEP_STARTS = 64
 SPLITS = ("eval", "train")
+PAD_POINTS = 64  # fit_padded's smallest size: the demo's longest run has 53 points at 50%
 MOMENTUM = 0.999  # S2's, as in laws.annealing_areas and Tissue et al.
 
 
@@ -321,9 +323,12 @@ def _method_law(method: str, curve: Curve, prefix_steps: np.ndarray, decay_elsew
 WINDOW_NODES, WINDOW_WEIGHTS = np.polynomial.legendre.leggauss(4)  # on [-1, 1]; sum 2
 
 
+@functools.lru_cache(maxsize=None)
 def window_law(law: Law) -> Law:
   """`law` averaged over windows of steps: input `<name>@j` holds `<name>` at node j of
-  each point's window (`window_inputs`)."""
+  each point's window (`window_inputs`). One per law: fit_law keeps its compiled programs
+  per Law object, and a new one for every forecast recompiled them (a backtest of the demo's
+  15 runs spent most of its 2 minutes compiling)."""
   k = len(WINDOW_NODES)
   m = len(law.features({n: np.ones(1) for n in law.inputs}))
   log_weights = np.log(WINDOW_WEIGHTS / 2)[:, None]
@@ -358,11 +363,12 @@ def window_inputs(inputs, first, last) -> dict:
 
 
 def fit_padded(law: Law, x: dict, y: np.ndarray):
-  """fit_law on the points padded with zero-weight copies of the last to 16, 32, 64, ...:
-  a backtest then compiles a few programs per law, not one per prefix length (each takes
-  seconds). The returned fit holds the points without the padding."""
+  """fit_law on the points padded with zero-weight copies of the last to 64, 128, ...: a
+  backtest then compiles one program per law and stage, not one per prefix length (each
+  takes seconds to compile, and a fit of 64 points as long to run as one of 16). The
+  returned fit holds the points without the padding."""
   n = len(y)
-  size = max(16, 1 << (n - 1).bit_length())
+  size = max(PAD_POINTS, 1 << (n - 1).bit_length())
   pad = lambda v: np.concatenate([np.asarray(v, np.float64), np.repeat(v[-1:], size - n)])
   fit = fit_law(law, {k: pad(v) for k, v in x.items()}, pad(y),
                 weights=np.concatenate([np.ones(n), np.zeros(size - n)]), keep=KEEP_STARTS)
