@@ -167,11 +167,17 @@ def test_reference_cosine_curve_cut_at_30_percent(capsys):
   assert abs(row["relative_error"]) < 0.05
   lo, hi = row["interval_95"]
   assert lo < row["measured"] < hi
+  # by step 6000 the cosine lr has made 18% of its decrease: the output cautions
+  lr = 0.5 * (1 + np.cos(np.pi * np.arange(20000 - 500) / (20000 - 500)))
+  assert f"holds {1 - lr[6000 - 1 - 500]:.0%} of the lr's decrease" in row["caution"]
+  assert "18%" in row["caution"]
   assert main(argv + ["--bootstrap", "0", "--with-select", "lr_schedule=constant",
                       "--with-schedule", "constant"]) == 0
   row = json.loads(capsys.readouterr().out)["forecasts"][0]
   assert row["num_points"] == 6 and row["num_points_with"] == 20
-  assert abs(row["relative_error"]) < 0.01
+  assert abs(row["relative_error"]) < 0.01 and "caution" not in row
+  assert main(argv[:-1] + ["--bootstrap", "0", "--fraction", "0.6"]) == 0  # 64% seen
+  assert "caution" not in capsys.readouterr().out
 
 
 def test_a_finished_curve_of_another_schedule_gives_the_prefix_its_c(tmp_path):
