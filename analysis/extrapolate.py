@@ -197,8 +197,8 @@ def _merge_short_windows(step, loss, first):
   """Windows (first..step) of fewer than half the median window's steps joined to the window
   just before them, as the step-weighted mean of both. A run whose length is not a multiple
   of log_every ends on a short window (a 2,404-step run logging every 100 ends on a mean of
-  4 batches), and that window is the measured final train loss: alone it is 25x noisier
-  than the rest (one demo run's last 4 batches sat 1.3% above the 100 before them)."""
+  4 batches), and that window is the measured final train loss: alone its noise is 5x
+  the rest's (one demo run's last 4 batches sat 1.3% above the 100 before them)."""
   size = step - first + 1
   if len(step) < 2 or np.all(size == 1):
     return step, loss, first
