@@ -140,7 +140,8 @@ def fit_metric(metric: str, role: str, x: np.ndarray, y: np.ndarray, names: np.n
     return out
   fit = fit_power_law(x[chosen], y[chosen])
   return {**out, **dataclasses.asdict(fit), "runs": [str(s) for s in names[chosen]],
-          "x_range": [float(x[chosen].min()), float(x[chosen].max())]}
+          "x_range": [float(x[chosen].min()), float(x[chosen].max())],
+          "compute_range": [float(c[chosen].min()), float(c[chosen].max())]}
 
 
 def fit_all(table: pd.DataFrame, n: np.ndarray, c: np.ndarray) -> dict:
@@ -164,7 +165,35 @@ def fit_all(table: pd.DataFrame, n: np.ndarray, c: np.ndarray) -> dict:
           "published": {m: {"x": "N", "beta": b, "alpha": a}
                         for m, (b, a) in VAR_PUBLISHED_VS_N.items()},
           "fits": fits,
-          "notes": [f["skipped"] for f in fits if "skipped" in f]}
+          "notes": [f["skipped"] for f in fits if "skipped" in f] + unresolved_notes(fits)}
+
+
+def resolved(fit: dict) -> bool:
+  """Whether alpha's 95% interval excludes 0: the runs resolve a trend in X."""
+  lo, hi = fit["alpha_interval_95"]
+  return not lo <= 0 <= hi
+
+
+def unresolved_notes(fits: list[dict]) -> list[str]:
+  """One sentence naming the fitted laws whose alpha interval includes 0."""
+  flat = [f for f in fits if "alpha" in f and not resolved(f)]
+  if not flat:
+    return []
+  note = (f"alpha's 95% interval includes 0 for "
+          f"{', '.join(f['metric'] + ' vs ' + f['x'] for f in flat)}: these runs resolve no "
+          "trend there, so those laws are no forecast (beta then runs to extremes such as "
+          "1e-44, since beta^alpha must stay near the metric's mean)")
+  iso = [f for f in flat if f["x"] == "N" and "compute_range" in f
+         and f["compute_range"][1] <= ISOFLOP_SPREAD * f["compute_range"][0]]
+  if iso:
+    note += (f". The runs vs N had one compute (within {ISOFLOP_SPREAD}x): an IsoFLOP "
+             "budget, where a larger model saw fewer tokens and the loss is U-shaped in N, "
+             "not a power law; VAR's laws vs N compare sizes trained on the same data")
+  return [note]
+
+
+# Runs whose compute spans at most this factor count as one IsoFLOP budget.
+ISOFLOP_SPREAD = 1.5
 
 
 def points(table: pd.DataFrame, metric: str, role: str, n, c) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,7 @@ import os
 import re
 from typing import Sequence
 
+from analysis import per_scale
 from analysis.per_scale import MAIN as PER_SCALE_MAIN
 
 SECTIONS = ("Question", "Runs", "Fitted law", "Validity checklist", "Forecasts",
@@ -418,13 +419,17 @@ def per_scale_findings(block: dict) -> list[str]:
   """The last-scale and all-token loss exponents against N, beside VAR's."""
   fits = {f["metric"]: f for f in block.get("fits", []) if f["x"] == "N" and "alpha" in f}
   pub = block.get("published", {})
+  shown = [(m, what) for m, what in (("loss_last", "the last scale's loss"),
+                                     ("loss_avg", "the mean loss")) if m in fits]
   said = [f"{what} goes as N^{with_interval(fits[m]['alpha'], fits[m]['alpha_interval_95'])}"
-          + (f" (VAR: {num(pub[m]['alpha'])})" if m in pub else "")
-          for m, what in (("loss_last", "the last scale's loss"), ("loss_avg", "the mean loss"))
-          if m in fits]
+          + (f" (VAR: {num(pub[m]['alpha'])})" if m in pub else "") for m, what in shown]
   if not said:
     return []
-  return [f"In VAR's form, over the final run of each size, {' and '.join(said)}."]
+  flat = [what for m, what in shown if not per_scale.resolved(fits[m])]
+  verdict = ("" if not flat else
+             f"; the interval of {' and of '.join(flat)} includes 0: these runs resolve no "
+             "trend in N (the per-scale section says why)")
+  return [f"In VAR's form, over the final run of each size, {' and '.join(said)}{verdict}."]
 
 
 def sections(report: dict) -> list[str]:

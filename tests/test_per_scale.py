@@ -39,6 +39,33 @@ def test_fit_recovers_the_generating_law():
   assert noisy.beta_interval_95[0] < 2.0 < noisy.beta_interval_95[1]
 
 
+def test_a_flat_metric_is_said_to_resolve_no_trend():
+  """y with no dependence on x (alpha = 0, noise of 1%): the 95% interval of alpha holds 0,
+  the block's notes and the findings say no trend is resolved; the generating law's fit
+  (alpha = -0.23) is not named."""
+  import dataclasses
+  x = np.geomspace(0.05, 20, 6)
+  flat = per_scale.fit_power_law(x, 4.5 * np.array([1.01, 0.99, 1.0, 1.01, 0.99, 1.0]))
+  steep = per_scale.fit_power_law(x, (2.0 * x) ** -0.23 * np.array([1.01, 0.99, 1, 1, 1, 1]))
+  fits = [{"metric": "loss_last", "x": "N", **dataclasses.asdict(flat)},
+          {"metric": "loss_avg", "x": "N", **dataclasses.asdict(steep)}]
+  assert fits[0]["alpha_interval_95"][0] < 0 < fits[0]["alpha_interval_95"][1]
+  assert not per_scale.resolved(fits[0]) and per_scale.resolved(fits[1])
+  (note,) = per_scale.unresolved_notes(fits)
+  assert note.startswith("alpha's 95% interval includes 0 for loss_last vs N:")
+  assert "loss_avg" not in note
+  (finding,) = report_md.per_scale_findings({"fits": fits})
+  assert "the last scale's loss goes as N^" in finding
+  assert finding.endswith("the interval of the last scale's loss includes 0: these runs resolve "
+                          "no trend in N (the per-scale section says why).")
+  assert per_scale.unresolved_notes(fits[1:]) == []
+  # the same runs at one compute (an IsoFLOP budget) are said to be one
+  iso = [dict(fits[0], compute_range=[2.0e11, 2.02e11])]
+  assert "an IsoFLOP budget" in per_scale.unresolved_notes(iso)[0]
+  spread = [dict(fits[0], compute_range=[5e10, 2e11])]
+  assert "IsoFLOP" not in per_scale.unresolved_notes(spread)[0]
+
+
 def test_intervals_cover_the_true_law_95_percent_of_the_time():
   # The OLS t-intervals are exact for log-normal noise: over 400 noisy draws of 6 runs,
   # alpha's covers -0.2 in 95% +- 2.2% (binomial sd 1.1%); beta's (delta method) near it.
