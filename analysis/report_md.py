@@ -507,7 +507,8 @@ def summary(report: dict, md_path: str) -> str:
     if f["metric"] in PER_SCALE_MAIN and "alpha" in f:
       lines.append(f"per-scale law {f['metric']} vs {f['x']}: ({num(f['beta'])} {f['x']})^"
                    f"{num(f['alpha'])}, alpha {interval(f['alpha_interval_95'])}, "
-                   f"r = {num(f['r'])}")
+                   f"r = {num(f['r'])}" +
+                   ("" if per_scale.resolved(f) else " (includes 0: no trend resolved)"))
   if "repeated" in report:
     lines.append(f"repeated data: {report['repeated']['verdict']}")
   lines += [f"curve backtest: {f}" for f in report.get("curve_backtest", {}).get("findings", [])]

@@ -59,6 +59,10 @@ def test_a_flat_metric_is_said_to_resolve_no_trend():
   assert finding.endswith("the interval of the last scale's loss includes 0: these runs resolve "
                           "no trend in N (the per-scale section says why).")
   assert per_scale.unresolved_notes(fits[1:]) == []
+  text = report_md.summary({"law": "chinchilla", "formula": "L = E",
+                            "per_scale": {"fits": fits}}, "r.md").splitlines()
+  assert [line.endswith("(includes 0: no trend resolved)") for line in text
+          if line.startswith("per-scale law")] == [True, False]
   # the same runs at one compute (an IsoFLOP budget) are said to be one
   iso = [dict(fits[0], compute_range=[2.0e11, 2.02e11])]
   assert "an IsoFLOP budget" in per_scale.unresolved_notes(iso)[0]
