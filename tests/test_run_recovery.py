@@ -289,3 +289,15 @@ def test_a_run_resumes_on_another_mesh(setup, tmp_path):
   assert [s for s, _ in part] == [s for s, _ in whole] == list(range(1, 7))
   np.testing.assert_allclose([l for _, l in part], [l for _, l in whole], rtol=1e-5)
   assert out["resumed"]["loss"] == pytest.approx(out["whole"]["loss"], rel=1e-5)
+
+
+def test_reading_another_runs_checkpoints_warns_of_nothing(tmp_path, caplog):
+  """A cool-down opens its trunk's checkpoints read-only; orbax's two warnings that the
+  manager it was asked for is read-only are not passed on, and the steps are read."""
+  writer = checkpoint.Checkpoints(str(tmp_path), 2)
+  writer.save(3, {"w": np.ones(4, np.float32)}, {"step": 3})
+  with caplog.at_level("WARNING"):
+    reader = checkpoint.Checkpoints(str(tmp_path), 2, read_only=True)
+  assert reader.steps() == [3]
+  assert not [r for r in caplog.records if "read only" in r.getMessage()
+              or "read_only" in r.getMessage()]

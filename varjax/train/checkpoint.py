@@ -14,7 +14,9 @@ the target's shardings, so a run resumes on another mesh (orbax reshards).
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import logging
 import os
 import shutil
 import signal
@@ -32,6 +34,21 @@ STATE, RECORD = "state", "record"
 SPACE_MARGIN = 1 << 20  # metadata, the JSON record and the file system's own blocks
 
 
+@contextlib.contextmanager
+def _quiet_read_only(read_only: bool):
+  """Drops orbax's warning that a read-only manager's directory is read only: asked for
+  here, so a warning in every cool-down run's log (it opens its trunk's checkpoints) is
+  noise that hides the warnings that matter."""
+  def keep(record: logging.LogRecord) -> bool:
+    return not (read_only and record.getMessage().startswith("Given directory is read only"))
+  logger = logging.getLogger("absl")
+  logger.addFilter(keep)
+  try:
+    yield
+  finally:
+    logger.removeFilter(keep)
+
+
 class Checkpoints:
   """`CheckpointManager` over `run_dir/checkpoints` keeping the last `keep` steps."""
 
@@ -46,9 +63,11 @@ class Checkpoints:
       preserve = policies.AnyPreservationPolicy([preserve, policies.CustomSteps(keep_steps)])
     options = ocp.CheckpointManagerOptions(preservation_policy=preserve, create=not read_only,
                                            read_only=read_only,
+                                           save_interval_steps=0 if read_only else 1,
                                            cleanup_tmp_directories=not read_only,
                                            enable_async_checkpointing=False)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    with _quiet_read_only(read_only):
+      self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
