@@ -37,6 +37,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -87,6 +88,8 @@ def _connected(address: str | None, sweep: Sweep, log) -> Iterator[None]:
     yield
     return
   address = address or os.environ.get("RAY_ADDRESS") or None
+  if not sys.stdout.isatty():  # a log file: the workers' lines without colour codes
+    os.environ.setdefault("RAY_COLOR_PREFIX", "0")
   with _quiet_start():
     if address:
       try:

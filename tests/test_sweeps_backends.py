@@ -128,15 +128,20 @@ def setup(tmp_path_factory):
 
 
 @pytest.mark.slow  # ~45 s on 2 cores: make test-slow
-def test_ray_trains_runs_concurrently_and_skips_finished_ones(setup, tmp_path, monkeypatch):
+def test_ray_trains_runs_concurrently_and_skips_finished_ones(setup, tmp_path, monkeypatch,
+                                                              capfd):
   import ray
 
   from sweeps import ray_backend
   monkeypatch.chdir(tmp_path)  # the spec's out_dir is relative: workers must chdir too
+  monkeypatch.delenv("RAY_COLOR_PREFIX", raising=False)
   sweep = spec_lib.load(_write_spec(str(tmp_path), setup, resources={"cpus": 1}))
   assert [r.info["steps"] for r in sweep.runs] == [4, 4]
   outcomes = ray_backend.run_ray(sweep, list(sweep.runs), log=lambda line: None)
   assert [(o["run"], o["status"]) for o in outcomes] == [(n, "trained") for n in RUN_NAMES]
+  out = capfd.readouterr()
+  # stdout is no terminal here: the workers' lines reach it without colour codes
+  assert "(train_task pid=" in out.out + out.err and "\x1b[" not in out.out + out.err
   for name in RUN_NAMES:
     assert os.path.isfile(tmp_path / "runs" / "tiny" / name / "summary.json")
   events = registry.events("runs/tiny")
