@@ -324,11 +324,10 @@ WEAK_DECAY_SHARE = 0.5
 def _weak_decay(curve: Curve, cut: int) -> str | None:
   """A caution when the prefix has begun the lr's decrease but holds under
   WEAK_DECAY_SHARE of it (before any decrease, C = 0 and the note says so instead)."""
-  lr = curve.lr_S[max(curve.warmup_steps, 0):]
-  if len(lr) < 2 or cut <= curve.warmup_steps:
+  if curve.lr_S is None or cut <= curve.warmup_steps:
     return None
-  total = lr[0] - lr[-1]
-  seen = lr[0] - lr[min(cut, curve.total_steps) - 1 - curve.warmup_steps]
+  lr = curve.lr_S[curve.warmup_steps:]  # from the peak; cut < total_steps
+  total, seen = lr[0] - lr[-1], lr[0] - lr[cut - 1 - curve.warmup_steps]
   if total <= 0 or seen <= 0 or seen / total >= WEAK_DECAY_SHARE:
     return None
   return (f"the prefix holds {seen / total:.0%} of the lr's decrease: C (the decay's gain) is "
@@ -409,6 +408,7 @@ def forecast(curve: Curve, fraction: float, methods=METHODS, replicates: int = 2
   the prefix alone."""
   cut = int(np.floor(fraction * curve.total_steps + 1e-9))
   final = curve.total_steps
+  caution = _weak_decay(curve, cut)  # lr_annealing's, when fitted on the prefix alone
   rows, skipped = [], []
   for method in methods:
     train_fit = None  # (fit, inputs, note) of the train split, for the eval offset
@@ -465,8 +465,7 @@ def forecast(curve: Curve, fraction: float, methods=METHODS, replicates: int = 2
                    params=fit.params)
         if note:
           row["note"] = note
-        caution = _weak_decay(curve, cut) if method == "lr_annealing" and not parts[1:] else None
-        if caution:
+        if caution and method == "lr_annealing" and len(parts) == 1:
           row["caution"] = caution
         if replicates:
           lo, hi = bootstrap(fit, replicates, seed=seed).predict_interval(x_final)

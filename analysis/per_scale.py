@@ -35,6 +35,7 @@ MAIN = ("loss_last", "loss_avg", "err_last", "err_avg")
 N_UNIT = 1e9  # N in billions of parameters, as VAR writes its laws
 MIN_RUNS = 3
 SAME_COMPUTE = 0.05  # runs of one size within 5% of its largest compute are its final runs
+ISOFLOP_SPREAD = 1.5  # runs whose compute spans at most this factor: one IsoFLOP budget
 LEVEL = 0.95
 FORM = "y = (beta X)^alpha"
 X_UNITS = {"N": "parameters in billions (--n-col / 1e9)",
@@ -191,9 +192,6 @@ def unresolved_notes(fits: list[dict]) -> list[str]:
              "not a power law; VAR's laws vs N compare sizes trained on the same data")
   return [note]
 
-
-# Runs whose compute spans at most this factor count as one IsoFLOP budget.
-ISOFLOP_SPREAD = 1.5
 
 
 def points(table: pd.DataFrame, metric: str, role: str, n, c) -> tuple[np.ndarray, np.ndarray]:

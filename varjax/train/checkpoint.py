@@ -35,12 +35,12 @@ SPACE_MARGIN = 1 << 20  # metadata, the JSON record and the file system's own bl
 
 
 @contextlib.contextmanager
-def _quiet_read_only(read_only: bool):
+def _without_read_only_notice():
   """Drops orbax's warning that a read-only manager's directory is read only: asked for
-  here, so a warning in every cool-down run's log (it opens its trunk's checkpoints) is
-  noise that hides the warnings that matter."""
+  here. varjax's commands raise absl to ERROR (cli._quiet_library_logs), but a sweep's Ray
+  worker trains without them, and every cool-down opens its trunk's checkpoints."""
   def keep(record: logging.LogRecord) -> bool:
-    return not (read_only and record.getMessage().startswith("Given directory is read only"))
+    return not record.getMessage().startswith("Given directory is read only")
   logger = logging.getLogger("absl")
   logger.addFilter(keep)
   try:
@@ -66,7 +66,7 @@ class Checkpoints:
                                            save_interval_steps=0 if read_only else 1,
                                            cleanup_tmp_directories=not read_only,
                                            enable_async_checkpointing=False)
-    with _quiet_read_only(read_only):
+    with _without_read_only_notice() if read_only else contextlib.nullcontext():
       self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def steps(self) -> list[int]:
